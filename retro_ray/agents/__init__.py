@@ -1,0 +1,1 @@
+"""Actors, reflectors and the trial loop: plain asyncio Python, no Ray import."""

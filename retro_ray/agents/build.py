@@ -1,0 +1,125 @@
+"""Actors, reflectors and trial loops built from the configuration tree; the evaluation agents."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from retro_ray.agents.actors import (
+    Actor,
+    ExpertActor,
+    LLMActor,
+    RandomActor,
+    ScriptedActor,
+    expert_demonstration,
+)
+from retro_ray.agents.reflectors import (
+    GroundTruthReflector,
+    LLMReflector,
+    Reflector,
+    TrajectoryOracleReflector,
+    VagueReflector,
+)
+from retro_ray.agents.trial_loop import TrialLoop
+from retro_ray.config import ActorConfig, Config, EndpointConfig, ReflectorConfig
+from retro_ray.envs.benchmark import BenchmarkEnv
+from retro_ray.envs.registry import make_env_from_config
+from retro_ray.llm.base import LLMClient, SamplingParams
+
+Agent = Literal[
+    "react", "reflexion", "retroformer", "vague", "trajectory-oracle", "ground-truth-oracle"
+]
+AGENTS: tuple[str, ...] = Agent.__args__  # type: ignore[attr-defined]
+
+# What each evaluation agent changes in the reflector configuration.
+_AGENT_REFLECTOR_KIND = {
+    "react": "none",
+    "reflexion": "llm",
+    "retroformer": "llm",
+    "vague": "vague",
+    "trajectory-oracle": "trajectory_oracle",
+    "ground-truth-oracle": "ground_truth_oracle",
+}
+
+
+def config_for_agent(cfg: Config, agent: str) -> Config:
+    """The configuration an evaluation agent runs with: ``react`` has no reflector, ``reflexion``
+    asks the configured (frozen) model, ``retroformer`` the trained one, the others the code
+    reflectors of the environment."""
+    if agent not in _AGENT_REFLECTOR_KIND:
+        raise ValueError(f"unknown agent {agent!r}; expected one of {', '.join(AGENTS)}")
+    reflector = dataclasses.replace(cfg.reflector, kind=_AGENT_REFLECTOR_KIND[agent])
+    if agent == "retroformer":
+        endpoint = dataclasses.replace(reflector.endpoint, model=reflector.trained_model)
+        reflector = dataclasses.replace(reflector, endpoint=endpoint)
+    return dataclasses.replace(cfg, reflector=reflector)
+
+
+def openai_client(endpoint: EndpointConfig) -> LLMClient:
+    from retro_ray.llm.openai_client import OpenAIClient
+
+    return OpenAIClient(endpoint)
+
+
+def sampling_for(endpoint: EndpointConfig, stop: tuple[str, ...] = ()) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=endpoint.max_tokens,
+        temperature=endpoint.temperature,
+        top_p=endpoint.top_p,
+        stop=stop,
+    )
+
+
+def build_actor(cfg: ActorConfig, env: object, client: LLMClient | None = None) -> Actor:
+    """The actor of ``cfg.policy``; ``env`` is an environment instance (for few-shot)."""
+    if cfg.policy == "expert":
+        return ExpertActor()
+    if cfg.policy == "random":
+        return RandomActor()
+    if cfg.policy == "scripted":
+        return ScriptedActor()
+    few_shot = None
+    if cfg.few_shot and isinstance(env, BenchmarkEnv):
+        few_shot = expert_demonstration(env)
+    return LLMActor(
+        client or openai_client(cfg.endpoint),
+        sampling_for(cfg.endpoint, stop=("\n",)),
+        cfg.instruction,
+        cfg.scratchpad_max_chars,
+        few_shot,
+    )
+
+
+def build_reflector(cfg: ReflectorConfig, client: LLMClient | None = None) -> Reflector | None:
+    if cfg.kind == "none":
+        return None
+    if cfg.kind == "trajectory_oracle":
+        return TrajectoryOracleReflector()
+    if cfg.kind == "ground_truth_oracle":
+        return GroundTruthReflector()
+    if cfg.kind == "vague":
+        return VagueReflector()
+    return LLMReflector(
+        client or openai_client(cfg.endpoint),
+        sampling_for(cfg.endpoint, stop=("\n",)),
+        cfg.instruction,
+        cfg.trajectory_max_chars,
+        cfg.max_chars,
+        name=cfg.endpoint.model,
+    )
+
+
+def build_trial_loop(
+    cfg: Config, actor_client: LLMClient | None = None, reflector_client: LLMClient | None = None
+) -> TrialLoop:
+    """A trial loop wired from config; pass clients to reuse (or replace) the endpoints."""
+    probe_env = make_env_from_config(cfg.env)
+    return TrialLoop(
+        env_factory=lambda: make_env_from_config(cfg.env),
+        actor=build_actor(cfg.actor, probe_env, actor_client),
+        reflector=build_reflector(cfg.reflector, reflector_client),
+        max_trials=cfg.trials.max_trials,
+        memory_size=cfg.trials.memory_size,
+        max_steps=cfg.trials.max_steps,
+        seed=cfg.run.seed,
+    )

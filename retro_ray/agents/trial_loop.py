@@ -1,0 +1,132 @@
+"""The trial loop (Reflexion / Retroformer inference): act, fail, reflect, retry.
+
+For each task: run trial k with the actor; if it is won, stop (success is cumulative); otherwise
+the reflector writes a reflection from the failed trajectory, it joins the long-term memory (the
+last ``memory_size`` reflections go into the next prompt), and trial k+1 starts. Many tasks run at
+once as asyncio tasks; the LLM clients bound their own concurrency.
+
+An ``EndpointError`` (an LLM endpoint that stayed down after its retries) is never recorded as a
+failed trial: it stops the run, and the tasks already finished stay in the results log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from retro_ray.agents.actors import Actor
+from retro_ray.agents.reflectors import Reflector
+from retro_ray.agents.results import TaskResult, TrialRecord
+from retro_ray.envs.base import Step, Task, TextEnv, Trajectory
+
+THINK_OBSERVATION = "OK."
+DEFAULT_MAX_STEPS = 30
+
+
+@dataclass
+class TrialLoop:
+    env_factory: Callable[[], TextEnv]
+    actor: Actor
+    reflector: Reflector | None  # None: ReAct, no reflections
+    max_trials: int = 5
+    memory_size: int = 3
+    max_steps: int | None = None  # None: the environment's own limit
+    seed: int = 0
+
+    async def run_task(self, task: Task) -> TaskResult:
+        env = self.env_factory()
+        result = TaskResult(task_id=task.task_id, env=task.env, split=task.split)
+        memory: list[str] = []
+        for k in range(self.max_trials):
+            reflections = memory[-self.memory_size :] if self.memory_size else []
+            record, trajectory = await self.run_trial(env, task, k, reflections)
+            result.trials.append(record)
+            if trajectory.won:
+                break
+            if self.reflector is None or k == self.max_trials - 1:
+                continue
+            seed = f"{self.seed}|{task.task_id}|{k}"
+            reflection = await self.reflector.reflect(env, trajectory, reflections, seed)
+            memory.append(reflection.text)
+            record.reflection = reflection.text
+            record.reflection_prompt = reflection.prompt or None
+            if reflection.completion is not None:
+                record.reflector_prompt_tokens = reflection.completion.prompt_tokens
+                record.reflector_completion_tokens = reflection.completion.completion_tokens
+        return result
+
+    async def run_trial(
+        self, env: TextEnv, task: Task, k: int, reflections: Sequence[str]
+    ) -> tuple[TrialRecord, Trajectory]:
+        start = time.monotonic()
+        if self.max_steps is not None and hasattr(env, "max_steps"):
+            env.max_steps = self.max_steps  # type: ignore[attr-defined]
+        limit = self.max_steps or getattr(env, "max_steps", DEFAULT_MAX_STEPS)
+        trajectory = Trajectory(task=task, trial=k, first_observation=env.reset(task))
+        record = TrialRecord(
+            task_id=task.task_id,
+            env=task.env,
+            split=task.split,
+            trial=k,
+            won=False,
+            score=0.0,
+            steps=0,
+            invalid_actions=0,
+            trajectory="",
+            reflections_in=list(reflections),
+        )
+        # Rule-based policies draw their tie-breaks from this seed: same task and memory, same play.
+        seed = f"{self.seed}|{task.task_id}|" + "|".join(reflections)
+        for _ in range(limit):
+            turn = await self.actor.act(env, trajectory, reflections, seed)
+            if turn.completion is not None:
+                record.actor_prompt_tokens += turn.completion.prompt_tokens
+                record.actor_completion_tokens += turn.completion.completion_tokens
+                record.actor_cost += turn.completion.cost
+            parsed = turn.parsed
+            if parsed.kind == "think":
+                trajectory.steps.append(Step(f"Think: {parsed.text}", THINK_OBSERVATION, 0.0))
+                continue
+            if parsed.kind == "invalid":
+                record.invalid_actions += 1
+                raw = turn.completion.text.strip()[:80] if turn.completion else ""
+                trajectory.steps.append(Step(raw, parsed.text, 0.0))
+                continue
+            outcome = env.step(parsed.text)
+            trajectory.steps.append(Step(parsed.text, outcome.observation, outcome.reward))
+            trajectory.won = bool(outcome.info.get("won", False))
+            trajectory.score = float(outcome.info.get("score", outcome.reward))
+            if outcome.done:
+                trajectory.done = True
+                break
+        record.won, record.score = trajectory.won, trajectory.score
+        record.steps = len(trajectory.steps)
+        record.trajectory = trajectory.render()
+        record.duration_s = time.monotonic() - start
+        return record, trajectory
+
+    async def run_tasks(
+        self,
+        tasks: Sequence[Task],
+        concurrency: int,
+        on_result: Callable[[TaskResult], None] | None = None,
+    ) -> list[TaskResult]:
+        """Run every task, at most ``concurrency`` at once; ``on_result`` sees each as it ends.
+        The first error cancels the rest and propagates; finished tasks were already reported."""
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(task: Task) -> TaskResult:
+            async with semaphore:
+                result = await self.run_task(task)
+            if on_result is not None:
+                on_result(result)
+            return result
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                futures = [group.create_task(one(t)) for t in tasks]
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        return [f.result() for f in futures]

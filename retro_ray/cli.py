@@ -1,0 +1,171 @@
+"""The ``retro-ray`` command line.
+
+Configuration errors, unknown environments and unreachable endpoints end with one clear line
+on stderr and a non-zero exit code, never a traceback; nothing finished is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from retro_ray.config import ConfigError, load_config, to_dict
+from retro_ray.llm.base import EndpointError
+
+EXIT_CONFIG = 2
+EXIT_ENDPOINT = 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help()
+        return EXIT_CONFIG
+    try:
+        return args.handler(args) or 0
+    except (ConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except EndpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ENDPOINT
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="retro-ray", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    env = sub.add_parser("env", help="list or play environments").add_subparsers(metavar="ACTION")
+    env_list = env.add_parser("list", help="registered environments")
+    env_list.set_defaults(handler=_env_list)
+    play = env.add_parser("play", help="play an environment with a reference policy")
+    play.add_argument("name", help="registered name or pkg.module:Class")
+    play.add_argument("--policy", choices=["expert", "random", "scripted"], default="expert")
+    play.add_argument("--tasks", type=int, default=20, help="number of tasks")
+    play.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    play.add_argument("--data", default=None, help="data file or directory, for data-backed envs")
+    play.add_argument("--seed", type=int, default=0)
+    play.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment option (difficulty knob); repeatable",
+    )
+    play.add_argument("--json", action="store_true", help="print one JSON object")
+    play.set_defaults(handler=_env_play)
+
+    ev = sub.add_parser("eval", help="cumulative success per trial of one agent")
+    _add_config_args(ev)
+    from retro_ray.agents.build import AGENTS
+
+    ev.add_argument("--agent", choices=AGENTS, default="reflexion")
+    ev.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
+    ev.set_defaults(handler=_eval)
+
+    cfg = sub.add_parser("config", help="show the resolved configuration")
+    _add_config_args(cfg)
+    cfg.set_defaults(handler=_config_show)
+
+    demo = sub.add_parser("demo", help="the embedded default end to end")
+    demo.add_argument("--tasks", type=int, default=60, help="test tasks per environment")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="YAML file (default: built-in defaults)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value by dotted key, e.g. actor.endpoint.model=x",
+    )
+
+
+def _env_list(args: argparse.Namespace) -> int:
+    from retro_ray.envs.registry import env_names, get_spec
+
+    for name in env_names():
+        print(f"{name:12s} {get_spec(name).description}")
+    return 0
+
+
+def _env_play(args: argparse.Namespace) -> int:
+    from retro_ray.evaluate import run_evaluation
+
+    overrides = [
+        f"env.name={args.name}",
+        f"env.split={args.split}",
+        f"env.num_tasks={args.tasks}",
+        f"env.seed={args.seed}",
+        f"actor.policy={args.policy}",
+        "reflector.kind=none",
+        "trials.max_trials=1",
+        f"run.seed={args.seed}",
+    ]
+    overrides += [f"env.options.{kv}" for kv in args.option]
+    if args.data:
+        overrides.append(f"env.data_path={args.data}")
+    cfg = load_config(None, overrides)
+    out = Path(cfg.run.output_dir) / "play" / f"{args.name.replace(':', '_')}-{args.policy}"
+    _clear(out)
+    summary = run_evaluation(cfg, out, label=f"{args.name} {args.policy}")
+    result = {
+        "env": args.name,
+        "policy": args.policy,
+        "split": args.split,
+        "tasks": summary["tasks"],
+        "mean_return": summary["mean_return_by_trial"][0],
+        "success_rate": summary["success_rate"],
+    }
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from retro_ray.agents.build import config_for_agent
+    from retro_ray.evaluate import format_table, run_evaluation
+
+    cfg = config_for_agent(load_config(args.config, args.set), args.agent)
+    out = cfg.run_dir / f"eval-{args.agent}"
+    out.mkdir(parents=True, exist_ok=True)
+    summary = run_evaluation(cfg, out, label=args.agent)
+    summary["agent"] = args.agent
+    print(format_table({args.agent: summary}))
+    print(f"results: {out}/results.jsonl")
+    if args.json == "-":
+        print(json.dumps(summary))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from retro_ray.demo import run_demo
+
+    return run_demo(tasks=args.tasks, output_dir=Path(args.output_dir))
+
+
+def _clear(directory: Path) -> None:
+    results = directory / "results.jsonl"
+    if results.exists():
+        results.unlink()
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

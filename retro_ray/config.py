@@ -1,0 +1,357 @@
+"""One typed, frozen configuration tree for every command.
+
+Loaded from YAML, overridden from the command line with dotted keys (``--set actor.endpoint.model=x``)
+and validated before any work starts: an error names the key, the bad value and what is allowed.
+Every field is documented where it is declared (the docstring under it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range. The message names the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# The tree
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """An LLM endpoint: any OpenAI-compatible server (a cloud API, vLLM, our Serve app)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    """Root of the OpenAI-compatible API, ending in ``/v1``."""
+    model: str = "actor"
+    """Model name sent with every request (for our Serve app: a model or adapter alias)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the API key. The key itself never goes in a file."""
+    api: Literal["completions", "chat"] = "completions"
+    """Which API to call: ``completions`` (raw prompt) or ``chat`` (the prompt as one user message)."""
+    max_tokens: int = 64
+    """Largest number of tokens generated per call."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    timeout_s: float = 60.0
+    """Timeout of one HTTP request, in seconds."""
+    max_retries: int = 5
+    """Retries after a 429, a 5xx or a connection error, with exponential backoff, before giving up."""
+    backoff_s: float = 0.5
+    """First backoff delay in seconds; doubled after each retry (with jitter), capped at 30 s."""
+    max_concurrency: int = 16
+    """Largest number of requests in flight to this endpoint at once."""
+    price_per_1m_prompt_tokens: float = 0.0
+    """Price of one million prompt tokens, for cost accounting (any currency)."""
+    price_per_1m_completion_tokens: float = 0.0
+    """Price of one million completion tokens, for cost accounting."""
+
+    def validate(self, key: str) -> None:
+        _require(
+            self.base_url.startswith(("http://", "https://")),
+            f"{key}.base_url",
+            self.base_url,
+            "an http:// or https:// URL",
+        )
+        _positive(self.max_tokens, f"{key}.max_tokens")
+        _in_range(self.temperature, f"{key}.temperature", 0.0, 10.0)
+        _in_range(self.top_p, f"{key}.top_p", 1e-6, 1.0)
+        _positive(self.timeout_s, f"{key}.timeout_s")
+        _require(self.max_retries >= 0, f"{key}.max_retries", self.max_retries, "an integer >= 0")
+        _require(self.backoff_s >= 0, f"{key}.backoff_s", self.backoff_s, "a number >= 0")
+        _positive(self.max_concurrency, f"{key}.max_concurrency")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    name: str = "lookup"
+    """A registered environment (``retro-ray env list``) or a user's class as ``pkg.module:Class``."""
+    split: Literal["train", "validation", "test"] = "test"
+    """Which split of the tasks to run (splits are fixed by a hash of each task id)."""
+    num_tasks: int = 50
+    """How many tasks of the split to run."""
+    seed: int = 0
+    """Offset of the task stream of procedurally generated environments."""
+    data_path: str | None = None
+    """Data file or directory for environments that read data (HotPotQA, ALFWorld)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Environment-specific options (difficulty knobs); checked by the environment itself."""
+
+    def validate(self, key: str) -> None:
+        _positive(self.num_tasks, f"{key}.num_tasks")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """The frozen actor LLM that acts in the environment (ReAct format)."""
+
+    policy: Literal["llm", "scripted", "expert", "random"] = "llm"
+    """``llm``: the endpoint below. ``scripted``: the environment's rule-based policy that follows
+    reflections (to check environments). ``expert`` / ``random``: reference policies."""
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=48))
+    """Where the actor LLM is served."""
+    instruction: str = (
+        "Solve the task. Answer with one action per line, as `> Action[argument]` "
+        "or the command the task describes."
+    )
+    """The first line of every actor prompt."""
+    few_shot: bool = False
+    """Prepend one expert demonstration per environment (for real LLMs; tiny models have no room)."""
+    scratchpad_max_chars: int = 1600
+    """The trajectory so far is cut to this many characters (oldest steps dropped) in the prompt."""
+
+    def validate(self, key: str) -> None:
+        self.endpoint.validate(f"{key}.endpoint")
+        _positive(self.scratchpad_max_chars, f"{key}.scratchpad_max_chars")
+
+
+@dataclass(frozen=True)
+class ReflectorConfig:
+    """Who writes the reflection after a failed trial."""
+
+    kind: Literal["llm", "trajectory_oracle", "ground_truth_oracle", "vague", "none"] = "llm"
+    """``llm``: the retrospective model at ``endpoint`` (Reflexion: a frozen model; Retroformer: the
+    trained adapter). ``trajectory_oracle``: the best reflection code can derive from the failed
+    trial. ``ground_truth_oracle``: written from the hidden solution (an upper bound only).
+    ``vague``: true but useless advice. ``none``: no reflections (ReAct)."""
+    endpoint: EndpointConfig = field(
+        default_factory=lambda: EndpointConfig(model="retrospective", max_tokens=64)
+    )
+    """Where the retrospective model is served (``--agent reflexion`` asks for ``endpoint.model``:
+    a frozen model, which may be the actor itself)."""
+    trained_model: str = "prod"
+    """Model name or adapter alias of the trained reflector, asked for by ``--agent retroformer``
+    at the same endpoint (our Serve app: ``prod`` is the promoted adapter, ``train`` the latest)."""
+    instruction: str = (
+        "The trial below failed. In one or two sentences, say what went wrong and what to do "
+        "differently next time."
+    )
+    """The first line of every reflection prompt."""
+    trajectory_max_chars: int = 1600
+    """The failed trajectory is cut to this many characters in the reflection prompt."""
+    max_chars: int = 300
+    """A reflection is cut to this many characters before it enters the actor's memory."""
+
+    def validate(self, key: str) -> None:
+        self.endpoint.validate(f"{key}.endpoint")
+        _positive(self.trajectory_max_chars, f"{key}.trajectory_max_chars")
+        _positive(self.max_chars, f"{key}.max_chars")
+
+
+@dataclass(frozen=True)
+class TrialsConfig:
+    max_trials: int = 5
+    """Trials per task; a task stops at its first won trial (success is cumulative)."""
+    memory_size: int = 3
+    """Long-term memory: how many of the latest reflections go into the actor's prompt."""
+    max_steps: int | None = None
+    """Step limit of one trial; None keeps the environment's own limit."""
+    concurrency: int = 32
+    """Tasks run at once (each an asyncio task) in one process."""
+
+    def validate(self, key: str) -> None:
+        _positive(self.max_trials, f"{key}.max_trials")
+        _require(self.memory_size >= 0, f"{key}.memory_size", self.memory_size, "an integer >= 0")
+        if self.max_steps is not None:
+            _positive(self.max_steps, f"{key}.max_steps")
+        _positive(self.concurrency, f"{key}.concurrency")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    """Name of the run; its outputs go to ``output_dir/name``."""
+    output_dir: str = "runs"
+    """Directory under which each run writes its results."""
+    seed: int = 0
+    """Seed of every random choice the run makes (sampling, scripted policies, vague reflections)."""
+
+    def validate(self, key: str) -> None:
+        _require(
+            bool(self.name) and "/" not in self.name and self.name not in {".", ".."},
+            f"{key}.name",
+            self.name,
+            "a non-empty name without '/'",
+        )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root of the tree."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    reflector: ReflectorConfig = field(default_factory=ReflectorConfig)
+    trials: TrialsConfig = field(default_factory=TrialsConfig)
+
+    def validate(self) -> Config:
+        """Check every value; raise ConfigError naming the first bad key. Returns self."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        from retro_ray.envs.registry import validate_env_config
+
+        validate_env_config(self.env)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overriding, converting
+# --------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML file (or the defaults), apply ``a.b=value`` overrides, build and validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+        data = loaded or {}
+    for item in overrides:
+        apply_override(data, item)
+    return from_dict(Config, data).validate()
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set ``a.b.c=value`` in a nested dict; the value is parsed as YAML (``3``, ``true``, ``[1]``)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        node[parts[-1]] = raw
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, checking every key and type."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown config key {key!r}; allowed keys here: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = _field_default(fields[name])
+        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
+            # A partial section overrides the field's own default, not the section class's.
+            value = _merged(dataclasses.asdict(default), value)  # type: ignore[arg-type]
+        kwargs[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def _merged(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value or {}, prefix=f"{key}.")  # type: ignore[arg-type]
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        _require(value in allowed, key, value, "one of " + ", ".join(map(str, allowed)))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is dict or tp is dict:
+        _require(isinstance(value, dict), key, value, "a mapping")
+        return dict(value)
+    if origin in (list, tuple):
+        _require(isinstance(value, list | tuple), key, value, "a list")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is bool:
+        _require(isinstance(value, bool), key, value, "true or false")
+        return value
+    if tp is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if tp is float:
+        _require(
+            isinstance(value, int | float) and not isinstance(value, bool), key, value, "a number"
+        )
+        return float(value)
+    if tp is str:
+        _require(isinstance(value, str), key, value, "a string")
+        return value
+    raise TypeError(f"config field {key} has unsupported type {tp!r}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain data (for YAML dumps and run metadata)."""
+    return dataclasses.asdict(cfg)
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: bad value {value!r}; expected {allowed}")
+
+
+def _positive(value: float, key: str) -> None:
+    _require(value > 0, key, value, "a number > 0")
+
+
+def _in_range(value: float, key: str, low: float, high: float) -> None:
+    _require(low <= value <= high, key, value, f"a number in [{low}, {high}]")

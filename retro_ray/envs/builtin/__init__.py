@@ -1,0 +1,17 @@
+"""The built-in, procedurally generated, seeded text environments of the embedded default.
+
+Importing this package registers ``lookup``, ``household`` and ``shop`` by name.
+"""
+
+from retro_ray.envs.builtin.household import HouseholdEnv, HouseholdOptions
+from retro_ray.envs.builtin.lookup import LookupEnv, LookupOptions
+from retro_ray.envs.builtin.shop import ShopEnv, ShopOptions
+
+__all__ = [
+    "HouseholdEnv",
+    "HouseholdOptions",
+    "LookupEnv",
+    "LookupOptions",
+    "ShopEnv",
+    "ShopOptions",
+]

@@ -1,0 +1,63 @@
+"""The LLM client protocol: every backend (an OpenAI-compatible endpoint, the local torch and vLLM
+engines, a scripted test responder) answers ``await client.generate(prompts, sampling)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False  # return the log-prob of each sampled token where the backend can
+    seed: int | None = None
+    adapter: str | None = None  # LoRA adapter name (or alias) for backends that serve adapters
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    token_ids: list[int] | None = None  # sampled token ids, from the engine (never re-tokenised)
+    logprobs: list[float] | None = None  # log pi(token) per sampled token, where available
+    finish_reason: str | None = None
+    model: str = ""  # the model (and adapter version) that produced it
+    latency_s: float = 0.0
+    cost: float = 0.0  # at the configured price per token
+
+
+@dataclass
+class UsageTotals:
+    """Running token and cost accounting of one client."""
+
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    retries: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+
+    def add(self, completion: Completion) -> None:
+        self.requests += 1
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.cost += completion.cost
+        self.latencies_s.append(completion.latency_s)
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt, in order."""
+        ...
+
+
+class EndpointError(RuntimeError):
+    """An LLM endpoint stayed unreachable or kept failing after all retries. Never counted as a
+    failed episode: the run stops, keeping what it finished, and names the endpoint."""

@@ -1,0 +1,275 @@
+"""An ``LLMClient`` for any OpenAI-compatible endpoint (a cloud API, a vLLM server, our Serve app).
+
+Built on the official ``openai`` SDK's ``AsyncOpenAI`` with the SDK's own retries switched off: we
+retry ourselves so that every retry is logged (endpoint, status, attempt), counted in
+``UsageTotals.retries`` and, when retries run out, turned into one ``EndpointError`` that names the
+endpoint and says what to check. A run must stop on a dead endpoint, never count it as a failed
+episode.
+
+The API key is read from the environment variable named in the config and never appears in logs,
+error messages or ``repr``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from retro_ray.config import EndpointConfig
+from retro_ray.llm.base import Completion, EndpointError, SamplingParams, UsageTotals
+
+logger = logging.getLogger(__name__)
+
+PLACEHOLDER_API_KEY = "EMPTY"
+"""Sent when the key variable is unset: local servers (vLLM, our Serve app) need no key, but the
+SDK refuses to start without one."""
+
+MAX_BACKOFF_S = 30.0
+"""Upper bound of one backoff delay, whatever the attempt number or a Retry-After header say."""
+
+_RETRYABLE_STATUS = frozenset({408, 409, 429})
+"""4xx statuses worth retrying (timeout, conflict, rate limit); every 5xx is retried too."""
+
+
+class OpenAIClient:
+    """Calls one OpenAI-compatible endpoint; implements the ``LLMClient`` protocol.
+
+    One request per prompt, all prompts concurrently, at most ``max_concurrency`` in flight.
+    ``usage`` accumulates tokens, cost, latency and retries of every call.
+    """
+
+    def __init__(self, config: EndpointConfig, *, request_token_ids: bool = False) -> None:
+        """``request_token_ids`` asks the server for the sampled token ids (vLLM's
+        ``return_token_ids`` extra parameter). Off by default: cloud APIs reject unknown
+        parameters. Token ids a server returns unasked are used either way."""
+        self.config = config
+        self.request_token_ids = request_token_ids
+        self.usage = UsageTotals()
+        self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
+        # The SDK client and the semaphore belong to one event loop; both are (re)made lazily
+        # for the loop that is running, so a client survives successive ``asyncio.run`` calls.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: AsyncOpenAI | None = None
+        self._semaphore: asyncio.Semaphore | None = None
+
+    @classmethod
+    def from_config(cls, config: EndpointConfig, **kwargs: Any) -> OpenAIClient:
+        return cls(config, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_url={self.config.base_url!r}, "
+            f"model={self.config.model!r}, api={self.config.api!r})"
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Public API
+    # ----------------------------------------------------------------------------------------
+
+    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
+        """One completion per prompt, in order. Raises ``EndpointError`` if any request fails
+        for good (the other requests are cancelled)."""
+        self._bind_loop()
+        tasks = [asyncio.ensure_future(self._generate_one(p, sampling)) for p in prompts]
+        try:
+            return list(await asyncio.gather(*tasks))
+        except BaseException:
+            # A failed (or cancelled) batch must not leave requests retrying in the background.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections of the current event loop's SDK client."""
+        client, self._client, self._loop, self._semaphore = self._client, None, None, None
+        if client is not None:
+            with contextlib.suppress(RuntimeError):  # its event loop is gone: nothing to close
+                await client.close()
+
+    # ----------------------------------------------------------------------------------------
+    # Internals
+    # ----------------------------------------------------------------------------------------
+
+    def _bind_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._client is not None:
+            return
+        self._loop = loop
+        self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        self._client = AsyncOpenAI(
+            api_key=self._api_key,
+            base_url=self.config.base_url,
+            timeout=self.config.timeout_s,
+            max_retries=0,  # our own loop retries, logs and counts
+        )
+
+    async def _generate_one(self, prompt: str, sampling: SamplingParams) -> Completion:
+        assert self._semaphore is not None
+        async with self._semaphore:
+            completion = await self._with_retries(prompt, sampling)
+        self.usage.add(completion)
+        return completion
+
+    async def _with_retries(self, prompt: str, sampling: SamplingParams) -> Completion:
+        cfg = self.config
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return await self._request(prompt, sampling)
+            except (openai.APIStatusError, openai.APIConnectionError) as exc:
+                status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+                retryable = status is None or status >= 500 or status in _RETRYABLE_STATUS
+                if not retryable or attempts > cfg.max_retries:
+                    raise self._endpoint_error(
+                        exc, status, attempts, retryable, self._model_name(sampling)
+                    ) from exc
+                delay = self._backoff(attempts - 1, exc)
+                self.usage.retries += 1
+                logger.warning(
+                    "endpoint %s (model %s): %s; retry %d/%d in %.2fs",
+                    cfg.base_url,
+                    self._model_name(sampling),
+                    self._scrub(_describe(status, exc)),
+                    attempts,
+                    cfg.max_retries,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _request(self, prompt: str, sampling: SamplingParams) -> Completion:
+        assert self._client is not None
+        cfg = self.config
+        model = self._model_name(sampling)
+        common: dict[str, Any] = {
+            "model": model,
+            "max_tokens": sampling.max_tokens,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+        }
+        if sampling.stop:
+            common["stop"] = list(sampling.stop)
+        if sampling.seed is not None:
+            common["seed"] = sampling.seed
+        if self.request_token_ids:
+            common["extra_body"] = {"return_token_ids": True}
+
+        start = time.perf_counter()
+        if cfg.api == "chat":
+            if sampling.logprobs:
+                common["logprobs"] = True
+            response: Any = await self._client.chat.completions.create(
+                messages=[{"role": "user", "content": prompt}], **common
+            )
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            logprobs = None
+            if choice.logprobs is not None and choice.logprobs.content is not None:
+                logprobs = [float(t.logprob) for t in choice.logprobs.content]
+        else:
+            if sampling.logprobs:
+                common["logprobs"] = 1
+            response = await self._client.completions.create(prompt=prompt, **common)
+            choice = response.choices[0]
+            text = choice.text or ""
+            logprobs = None
+            if choice.logprobs is not None and choice.logprobs.token_logprobs is not None:
+                # The first token of an echoed prompt has a null log-prob; we never echo.
+                logprobs = [float(x) for x in choice.logprobs.token_logprobs if x is not None]
+        latency = time.perf_counter() - start
+
+        usage = response.usage
+        prompt_tokens = int(usage.prompt_tokens) if usage is not None else 0
+        completion_tokens = int(usage.completion_tokens) if usage is not None else 0
+        return Completion(
+            text=text,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            token_ids=_token_ids(choice),
+            logprobs=logprobs if sampling.logprobs else None,
+            finish_reason=choice.finish_reason,
+            model=response.model or model,
+            latency_s=latency,
+            cost=(
+                prompt_tokens * cfg.price_per_1m_prompt_tokens
+                + completion_tokens * cfg.price_per_1m_completion_tokens
+            )
+            / 1e6,
+        )
+
+    def _model_name(self, sampling: SamplingParams) -> str:
+        """Our Serve app serves each adapter (or alias) under its own model name."""
+        return sampling.adapter or self.config.model
+
+    def _backoff(self, retry_index: int, exc: Exception) -> float:
+        """Exponential backoff with jitter, at least any Retry-After the server sent, capped."""
+        delay = self.config.backoff_s * (2**retry_index) * random.uniform(0.5, 1.5)
+        if isinstance(exc, openai.APIStatusError):
+            retry_after = exc.response.headers.get("retry-after")
+            with contextlib.suppress(ValueError):  # an HTTP date: keep our own delay
+                delay = max(delay, float(retry_after)) if retry_after else delay
+        return min(delay, MAX_BACKOFF_S)
+
+    def _endpoint_error(
+        self, exc: Exception, status: int | None, attempts: int, retryable: bool, model: str
+    ) -> EndpointError:
+        cfg = self.config
+        if status is None:
+            hint = f"is the server running at {cfg.base_url} and reachable from here?"
+        elif status in (401, 403):
+            hint = f"is the API key in ${cfg.api_key_env} set and valid for this endpoint?"
+        elif status == 404:
+            hint = f"does the server at {cfg.base_url} serve the model (see GET /models)?"
+        elif status in (400, 422):
+            hint = "the server rejected the request: check the sampling parameters and model"
+        else:
+            hint = f"is the server at {cfg.base_url} healthy (check its logs)?"
+        why = "gave up after" if retryable else "not retried;"
+        message = (
+            f"LLM endpoint {cfg.base_url} (model {model!r}) failed: "
+            f"{_describe(status, exc)}; {why} {attempts} attempt{'s' if attempts != 1 else ''}. "
+            f"Hint: {hint}"
+        )
+        return EndpointError(self._scrub(message))
+
+    def _scrub(self, text: str) -> str:
+        """Never let the key through, even if a server echoes it back in an error body."""
+        if self._api_key and self._api_key != PLACEHOLDER_API_KEY:
+            text = text.replace(self._api_key, "***")
+        return text
+
+
+def _describe(status: int | None, exc: Exception) -> str:
+    if status is None:
+        kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
+        return f"{kind} ({exc})"
+    message = getattr(exc, "message", str(exc))
+    return f"HTTP {status} ({_shorten(message)})"
+
+
+def _shorten(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _token_ids(choice: Any) -> list[int] | None:
+    """vLLM returns ``token_ids`` on each choice when asked (an extra field the SDK keeps)."""
+    ids = getattr(choice, "token_ids", None)
+    if ids is None and getattr(choice, "model_extra", None):
+        ids = choice.model_extra.get("token_ids")
+    if not isinstance(ids, list):
+        return None
+    try:
+        return [int(i) for i in ids]
+    except (TypeError, ValueError):
+        return None

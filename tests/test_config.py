@@ -1,0 +1,85 @@
+"""The configuration tree: loading, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from retro_ray.config import Config, ConfigError, load_config
+
+CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
+
+
+def test_defaults_validate() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.trials.max_trials == 5 and cfg.trials.memory_size == 3
+
+
+def test_yaml_and_dotted_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("env:\n  name: lookup\n  num_tasks: 7\ntrials:\n  max_trials: 2\n")
+    cfg = load_config(
+        path,
+        [
+            "trials.max_trials=4",
+            "actor.endpoint.model=gpt-x",
+            "actor.endpoint.temperature=0.5",
+            "env.options.n_candidates=3",
+        ],
+    )
+    assert cfg.env.num_tasks == 7 and cfg.trials.max_trials == 4
+    assert cfg.actor.endpoint.model == "gpt-x" and cfg.actor.endpoint.temperature == 0.5
+    assert cfg.env.options == {"n_candidates": 3}
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.trials.max_trials = 9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("trials.max_trail=3", ["trials.max_trail", "max_trials"]),  # typo: lists allowed keys
+        ("trials.max_trials=0", ["trials.max_trials", "0", "> 0"]),
+        ("trials.max_trials=three", ["trials.max_trials", "three", "integer"]),
+        ("reflector.kind=wise", ["reflector.kind", "wise", "trajectory_oracle"]),
+        ("actor.endpoint.base_url=localhost:8000", ["actor.endpoint.base_url", "http://"]),
+        ("env.name=atari", ["env.name", "atari", "lookup"]),
+        ("env.options.n_candidatez=3", ["env.options.n_candidatez", "n_candidates"]),
+        ("env.name=no_such_pkg.mod:Env", ["no_such_pkg.mod", "import"]),
+        ("actor.endpoint=3", ["actor.endpoint", "mapping"]),
+        ("trials.max_trials", ["key.path=value"]),
+    ],
+)
+def test_errors_name_the_key_the_value_and_what_is_allowed(override: str, names: list[str]) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    for fragment in names:
+        assert fragment in str(err.value)
+
+
+def test_malformed_yaml_file(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("env: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_example_configs_load(path: Path) -> None:
+    assert CONFIGS, "configs/ holds example configs"
+    load_config(path)
+
+
+def test_partial_section_keeps_the_fields_own_defaults() -> None:
+    # The reflector's endpoint defaults to model "retrospective"; setting only its URL keeps that.
+    cfg = load_config(None, ["reflector.endpoint.base_url=http://127.0.0.1:9/v1"])
+    assert cfg.reflector.endpoint.model == "retrospective"
+    assert cfg.reflector.endpoint.max_tokens == 64
