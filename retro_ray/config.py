@@ -171,6 +171,129 @@ class TrialsConfig:
         _positive(self.concurrency, f"{key}.concurrency")
 
 
+AggMode = Literal["token_sum_norm", "seq_mean_token_mean", "seq_mean_token_sum"]
+
+
+@dataclass(frozen=True)
+class PolicyLossConfig:
+    """Settings of the policy-gradient loss (``retro_ray.algo.losses.policy_loss``)."""
+
+    name: str = "ppo_clip"
+    """Registered policy loss: ``reinforce``, ``ppo_clip`` or ``rwr``."""
+    clip_eps_low: float = 0.2
+    """``ppo_clip``: the ratio is clipped below at ``1 - clip_eps_low``."""
+    clip_eps_high: float = 0.2
+    """``ppo_clip``: the ratio is clipped above at ``1 + clip_eps_high`` (may exceed eps low)."""
+    rwr_weight: Literal["exp", "advantage"] = "exp"
+    """``rwr``: ``exp`` is w = min(exp(A / rwr_beta), rwr_max_weight) >= 0 (AWR); ``advantage`` is
+    w = A, which equals ``reinforce``."""
+    rwr_beta: float = 1.0
+    """``rwr``: temperature of the exponential weight."""
+    rwr_max_weight: float = 20.0
+    """``rwr``: cap on the exponential weight (bounds the variance)."""
+    kl_kind: str = "k3"
+    """Registered KL estimator for the penalty to the reference policy."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty (0 disables it; then ``ref_logprobs`` is not needed)."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (0 disables it; then ``entropy`` is not needed)."""
+    agg_mode: AggMode = "token_sum_norm"
+    """How token losses become a scalar; see ``retro_ray.algo.aggregate``."""
+
+    def validate(self, key: str) -> None:
+        _in_range(self.clip_eps_low, f"{key}.clip_eps_low", 0.0, 1.0)
+        _require(self.clip_eps_high >= 0, f"{key}.clip_eps_high", self.clip_eps_high, ">= 0")
+        _positive(self.rwr_beta, f"{key}.rwr_beta")
+        _require(self.kl_coef >= 0, f"{key}.kl_coef", self.kl_coef, "a number >= 0")
+        _require(self.entropy_coef >= 0, f"{key}.entropy_coef", self.entropy_coef, ">= 0")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 8
+    """LoRA rank r (the serving engine's ``max_lora_rank`` must be at least this)."""
+    alpha: int = 16
+    """LoRA scaling numerator: the update is scaled by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input (0 keeps sampling and training log-probs identical)."""
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    """Llama linear layers that get adapters (all of these are supported by vLLM's LoRA)."""
+
+    def validate(self, key: str) -> None:
+        _positive(self.rank, f"{key}.rank")
+        _positive(self.alpha, f"{key}.alpha")
+        _in_range(self.dropout, f"{key}.dropout", 0.0, 0.9)
+        allowed = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        bad = sorted(set(self.target_modules) - allowed)
+        _require(
+            not bad and bool(self.target_modules),
+            f"{key}.target_modules",
+            bad or "()",
+            "a non-empty subset of " + ", ".join(sorted(allowed)),
+        )
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The policy-gradient learner of the retrospective model."""
+
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    loss: PolicyLossConfig = field(default_factory=PolicyLossConfig)
+    advantage_estimator: str = "leave_one_out"
+    """Registered group baseline: ``leave_one_out`` or ``group_mean``."""
+    normalize_std: bool = False
+    """Divide advantages by the group's reward std (plus an epsilon)."""
+    lr: float = 2e-3
+    """AdamW learning rate of the LoRA weights."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradients are clipped to this global norm."""
+    micro_batch_size: int = 32
+    """Reflections per forward/backward pass (gradient accumulation over the batch)."""
+    epochs_per_batch: int = 1
+    """Optimizer passes over each collected batch; above 1 the PPO ratio clipping matters."""
+
+    def validate(self, key: str) -> None:
+        self.lora.validate(f"{key}.lora")
+        self.loss.validate(f"{key}.loss")
+        _positive(self.lr, f"{key}.lr")
+        _positive(self.max_grad_norm, f"{key}.max_grad_norm")
+        _positive(self.micro_batch_size, f"{key}.micro_batch_size")
+        _positive(self.epochs_per_batch, f"{key}.epochs_per_batch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Retroformer collection: reflection groups on the train split."""
+
+    group_size: int = 4
+    """m: reflections sampled per failed trial; each gets one next trial (its reward)."""
+    failed_trials_per_iteration: int = 32
+    """Failed trials (groups) collected per learner update."""
+    iterations: int = 20
+    """Collect-and-update iterations."""
+    temperature: float = 1.0
+    """Sampling temperature of training reflections (1: the engine's log-probs are the policy's)."""
+    top_p: float = 1.0
+    """Nucleus mass of training reflections (1: unbiased log-probs)."""
+
+    def validate(self, key: str) -> None:
+        _require(self.group_size >= 2, f"{key}.group_size", self.group_size, "an integer >= 2")
+        _positive(self.failed_trials_per_iteration, f"{key}.failed_trials_per_iteration")
+        _positive(self.iterations, f"{key}.iterations")
+        _in_range(self.temperature, f"{key}.temperature", 1e-3, 10.0)
+        _in_range(self.top_p, f"{key}.top_p", 1e-6, 1.0)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
@@ -198,6 +321,8 @@ class Config:
     actor: ActorConfig = field(default_factory=ActorConfig)
     reflector: ReflectorConfig = field(default_factory=ReflectorConfig)
     trials: TrialsConfig = field(default_factory=TrialsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> Config:
         """Check every value; raise ConfigError naming the first bad key. Returns self."""

@@ -91,9 +91,21 @@ def _benchmark(env: TextEnv) -> BenchmarkEnv:
     return env
 
 
-def expert_demonstration(env: BenchmarkEnv, split: str = "train") -> str:
-    """One expert trial rendered as prompt text: the few-shot example for real LLMs."""
-    (task,) = env.tasks(split, 1)
+def expert_demonstration(env: BenchmarkEnv) -> str:
+    """One expert trial on a train (else validation) task, rendered as prompt text: the few-shot
+    example for real LLMs. Never a test task: that would leak the evaluation set."""
+    task = None
+    for split in ("train", "validation"):
+        try:
+            task = env.tasks(split, 1)[0]
+            break
+        except (ValueError, IndexError):
+            continue
+    if task is None:
+        raise ValueError(
+            f"actor.few_shot: {type(env).__name__} has no train or validation task to draw a "
+            "demonstration from; set actor.few_shot=false or use a data file with a train split"
+        )
     trajectory = Trajectory(task=task, trial=0, first_observation=env.reset(task))
     lines = [trajectory.first_observation]
     for _ in range(env.max_steps):

@@ -8,15 +8,16 @@ constant). A per-piece mean would weight pieces by the inverse of their token co
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from retro_ray.algo.logprobs import masked_mean, masked_sum
+from retro_ray.config import AggMode  # the one config tree declares the modes
 
-AggMode = Literal["token_sum_norm", "seq_mean_token_mean", "seq_mean_token_sum"]
-AGG_MODES: tuple[str, ...] = ("token_sum_norm", "seq_mean_token_mean", "seq_mean_token_sum")
+AGG_MODES: tuple[str, ...] = typing.get_args(AggMode)
 
 
 # ---------------------------------------------------------------------------------------------

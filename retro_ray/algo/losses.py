@@ -22,43 +22,15 @@ likelihood (``rwr``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from retro_ray.algo.aggregate import AggMode, aggregate
+from retro_ray.algo.aggregate import aggregate
 from retro_ray.algo.kl import kl_penalty
 from retro_ray.algo.logprobs import masked_mean
-
-
-@dataclass(frozen=True)
-class PolicyLossConfig:
-    """Settings of :func:`policy_loss`."""
-
-    name: str = "ppo_clip"
-    """Registered policy loss: ``reinforce``, ``ppo_clip`` or ``rwr``."""
-    clip_eps_low: float = 0.2
-    """``ppo_clip``: the ratio is clipped below at ``1 - clip_eps_low``."""
-    clip_eps_high: float = 0.2
-    """``ppo_clip``: the ratio is clipped above at ``1 + clip_eps_high`` (may exceed eps low)."""
-    rwr_weight: Literal["exp", "advantage"] = "exp"
-    """``rwr``: ``exp`` is w = min(exp(A / rwr_beta), rwr_max_weight) >= 0 (AWR); ``advantage`` is
-    w = A, which equals ``reinforce``."""
-    rwr_beta: float = 1.0
-    """``rwr``: temperature of the exponential weight."""
-    rwr_max_weight: float = 20.0
-    """``rwr``: cap on the exponential weight (bounds the variance)."""
-    kl_kind: str = "k3"
-    """Registered KL estimator for the penalty to the reference policy."""
-    kl_coef: float = 0.0
-    """Weight of the KL penalty (0 disables it; then ``ref_logprobs`` is not needed)."""
-    entropy_coef: float = 0.0
-    """Weight of the entropy bonus (0 disables it; then ``entropy`` is not needed)."""
-    agg_mode: AggMode = "token_sum_norm"
-    """How token losses become a scalar; see :func:`aggregate`."""
-
+from retro_ray.config import PolicyLossConfig
 
 # ---------------------------------------------------------------------------------------------
 # Policy-gradient losses: (B, T) token losses and (B, T) detached diagnostics

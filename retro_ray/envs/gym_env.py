@@ -18,7 +18,17 @@ from retro_ray.envs.base import Task
 from retro_ray.envs.registry import env_names, make_env
 
 MAX_TEXT = 8192
-_CHARSET = frozenset(string.printable)
+
+
+class TextSpace(spaces.Text):
+    """Any string up to ``max_length`` characters: observations hold any Unicode (HotPotQA has
+    accents), which ``spaces.Text``'s fixed charset would reject. Samples draw from ASCII."""
+
+    def __init__(self, max_length: int = MAX_TEXT) -> None:
+        super().__init__(max_length=max_length, charset=frozenset(string.printable))
+
+    def contains(self, x: object) -> bool:
+        return isinstance(x, str) and self.min_length <= len(x) <= self.max_length
 
 
 class GymTextEnv(gymnasium.Env):
@@ -37,8 +47,8 @@ class GymTextEnv(gymnasium.Env):
         self.task_seed: int = int(config.get("seed", 0))
         self.task_pool: int = int(config.get("task_pool", 1000))
         self._tasks: list[Task] | None = None
-        self.observation_space = spaces.Text(max_length=MAX_TEXT, charset=_CHARSET)
-        self.action_space = spaces.Text(max_length=MAX_TEXT, charset=_CHARSET)
+        self.observation_space = TextSpace()
+        self.action_space = TextSpace()
         self.task: Task | None = None
 
     def _pick_task(self, options: dict[str, Any] | None) -> Task:

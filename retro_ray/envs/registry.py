@@ -113,5 +113,6 @@ def validate_env_config(cfg: EnvConfig) -> None:
 
 
 def _load_builtins() -> None:
-    # Importing the package runs each built-in module's register(...) call.
+    # Importing the packages runs each environment module's register(...) call.
+    import retro_ray.envs.benchmarks
     import retro_ray.envs.builtin  # noqa: F401
