@@ -1,0 +1,146 @@
+"""The decoding loop of :class:`~retro_ray.llm.torch_backend.TorchBackend`: one left-padded batch,
+KV cache, greedy or temperature/top_p sampling, stop strings and RAW per-token log-probs.
+
+Written by hand rather than through ``model.generate`` so that each row can carry its own seeded
+generator (a prompt's sample must not depend on what else shares its batch) and so that the
+log-prob is taken from the unscaled logits of the very step that chose the token, as vLLM does.
+The semantics follow vLLM's: the token that completes a stop string stays in ``token_ids`` while
+the text is cut before the stop string; an end-of-sequence token stays in ``token_ids`` and is
+never in the text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from retro_ray.llm.base import SamplingParams
+
+
+@dataclass
+class DecodedRow:
+    prompt_tokens: int
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    sampling: SamplingParams,
+    generators: Sequence[torch.Generator] | None,
+) -> torch.Tensor:
+    """Next token per row from (B, V) float32 logits: argmax at temperature 0, else a sample
+    from the temperature-scaled distribution restricted to the top_p nucleus."""
+    if sampling.temperature <= 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
+        sorted_probs = sorted_probs.masked_fill(before >= sampling.top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    if generators is None:
+        return torch.multinomial(probs, 1).squeeze(-1)
+    picks = [
+        torch.multinomial(row, 1, generator=g) for row, g in zip(probs, generators, strict=True)
+    ]
+    return torch.cat(picks)
+
+
+class Decoder:
+    """Decode one batch of prompts with a (possibly adapter-wrapped) causal LM."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: PreTrainedTokenizerBase,
+        device: torch.device,
+        max_positions: int,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = device
+        self.max_positions = max_positions
+
+    def run(
+        self, prompts: Sequence[str], sampling: SamplingParams, eos_token_id: int
+    ) -> list[DecodedRow]:
+        encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        ids = encoded["input_ids"].to(self.device)
+        mask = encoded["attention_mask"].to(self.device)
+        lengths = mask.sum(-1).tolist()
+        if max(lengths) >= self.max_positions:
+            raise ValueError(f"prompt of {max(lengths)} tokens exceeds {self.max_positions}")
+        rows = [DecodedRow(prompt_tokens=n) for n in lengths]
+        budgets = [min(sampling.max_tokens, self.max_positions - n) for n in lengths]
+        generators = None
+        if sampling.seed is not None and sampling.temperature > 0:
+            generators = [
+                torch.Generator(device=self.device).manual_seed(sampling.seed) for _ in prompts
+            ]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        live = [budget > 0 for budget in budgets]
+        for b, budget in enumerate(budgets):
+            if budget <= 0:
+                rows[b].finish_reason = "length"
+        while any(live):
+            logits = out.logits[:, -1].float()
+            tokens = choose_tokens(logits, sampling, generators)
+            raw = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+            for b, (token, logprob) in enumerate(zip(tokens.tolist(), raw.tolist(), strict=True)):
+                if live[b]:
+                    live[b] = self._append(
+                        rows[b], token, logprob, sampling, eos_token_id, budgets[b]
+                    )
+            if not any(live):
+                break
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            positions = positions[:, -1:] + 1
+            out = self.model(
+                input_ids=tokens[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        for row in rows:
+            if row.finish_reason != "stop" or not sampling.stop:
+                text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+                # vLLM's streaming detokenizer holds back an unfinished UTF-8 sequence at the end
+                # (byte-level tokens can split a character); so do we.
+                row.text = text.rstrip("\ufffd")
+        return rows
+
+    def _append(
+        self,
+        row: DecodedRow,
+        token: int,
+        logprob: float,
+        sampling: SamplingParams,
+        eos_token_id: int,
+        budget: int,
+    ) -> bool:
+        """Record one token; return whether the row continues."""
+        row.token_ids.append(token)
+        row.logprobs.append(logprob)
+        if token == eos_token_id:
+            row.finish_reason = "stop"
+            return False
+        if sampling.stop:
+            text = self.tokenizer.decode(row.token_ids, skip_special_tokens=True)
+            # Like vLLM: the stop string that completes first wins; the text ends before it.
+            hits = [(text.find(s) + len(s), text.find(s)) for s in sampling.stop if s and s in text]
+            if hits:
+                row.text = text[: min(hits)[1]]
+                row.finish_reason = "stop"
+                return False
+        if len(row.token_ids) >= budget:
+            row.finish_reason = "length"
+            return False
+        return True
