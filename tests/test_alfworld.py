@@ -1,0 +1,337 @@
+"""The ALFWorld environment: game discovery, task ids and splits, archive unpacking, the game
+traps (``put`` vs ``move``, ``won`` vs ``done``), invalid actions, the step limit, the reference
+policies and the reflectors.
+
+Reads ``../shared/data/alfworld/valid_unseen.tgz``. Every reset parses a game's PDDL (about half
+a second, more on a busy machine), so the games played here are a handful; the full 134-game
+expert check is ``retro-ray env play alfworld --policy expert --tasks 134``. The tests that play
+skip only when the ``alfworld`` package is missing (``make test`` installs it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import random
+import re
+import sys
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retro_ray.envs.base import Step, Task, Trajectory
+from retro_ray.envs.benchmarks import alfworld_data
+from retro_ray.envs.benchmarks.alfworld_data import (
+    AlfworldDataError,
+    default_data_path,
+    index_games,
+    split_for,
+    unpack,
+)
+from retro_ray.envs.builtin.common import EPISODE_OVER, STEP_LIMIT_NOTE
+
+VALID_UNSEEN = default_data_path() / "valid_unseen.tgz"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private unpack cache for this module (the archive unpacks once, in about a second)."""
+    root = tmp_path_factory.mktemp("retro_ray_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRO_RAY_CACHE", str(root))
+        yield root / "alfworld"
+
+
+@pytest.fixture(scope="module")
+def env(cache: Path):
+    pytest.importorskip("alfworld")
+    from retro_ray.envs.benchmarks.alfworld_env import AlfworldEnv
+
+    return AlfworldEnv(data_path=str(VALID_UNSEEN))
+
+
+def play(env, task: Task, actions) -> Trajectory:
+    """Play ``actions`` (a list, or a function of the env) until the trial ends."""
+    trajectory = Trajectory(task=task, trial=0, first_observation=env.reset(task))
+    scripted = list(actions) if not callable(actions) else None
+    while not env.done and (scripted is None or scripted):
+        action = scripted.pop(0) if scripted is not None else actions(env)
+        result = env.step(action)
+        trajectory.steps.append(Step(action, result.observation, result.reward))
+    trajectory.won, trajectory.done, trajectory.score = env.won, env.done, float(env.won)
+    return trajectory
+
+
+# ---- data: no alfworld package needed ---------------------------------------------------------
+
+
+def test_the_evaluation_archive_is_the_test_split() -> None:
+    refs = index_games(VALID_UNSEEN)
+    assert len(refs) == 134
+    assert {r.split for r in refs} == {"test"}
+    first = refs[0]
+    assert first.task_id.startswith("valid_unseen/") and first.task_id.count("/") == 2
+    assert len({r.task_type for r in refs}) == 6 and "" not in {r.task_type for r in refs}
+
+
+def test_splits_follow_the_split_folder() -> None:
+    assert split_for("valid_unseen/a-B-None-C-1/trial_1") == "test"
+    assert split_for("valid_seen/a-B-None-C-1/trial_1") == "validation"
+    train = [split_for(f"train/pick_and_place_simple-X-None-Y-{i}/trial_1") for i in range(2000)]
+    assert set(train) == {"train", "validation"}
+    assert 0.05 < train.count("validation") / len(train) < 0.15
+
+
+def test_unpacking_is_idempotent_and_leaves_stubs_in_the_copy(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("RETRO_RAY_CACHE", str(tmp_path))
+    alfworld_data._unpack.cache_clear()
+    first = unpack(VALID_UNSEEN)
+    alfworld_data._unpack.cache_clear()
+    assert unpack(VALID_UNSEEN) == first
+    assert first.parent == tmp_path / "alfworld"
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no scratch folder left
+    games = list(first.rglob("game.tw-pddl"))
+    stubs = list(first.rglob("traj_data.json"))
+    assert len(games) == len(stubs) == 134
+    assert '"task_type": "pick_' in stubs[0].read_text() or "look_at" in stubs[0].read_text()
+
+
+def _one_game_archive(path: Path, member: str) -> Path:
+    """A one-game copy of the evaluation archive, with the game file under ``member``."""
+    with tarfile.open(VALID_UNSEEN) as tar:
+        source = next(m for m in tar.getmembers() if m.name.endswith("game.tw-pddl"))
+        data = tar.extractfile(source).read()
+    info = tarfile.TarInfo(member)
+    info.size = len(data)
+    with tarfile.open(path, "w:gz") as out:
+        out.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_malformed_data_is_reported_clearly(tmp_path: Path) -> None:
+    with pytest.raises(AlfworldDataError, match="no ALFWorld data at"):
+        index_games(tmp_path / "missing")
+    with pytest.raises(AlfworldDataError, match=r"no game\.tw-pddl files and no \.tgz archives"):
+        index_games(tmp_path)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(AlfworldDataError, match="neither a folder"):
+        index_games(tmp_path / "notes.txt")
+    (tmp_path / "broken.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(AlfworldDataError, match="cannot read the archive"):
+        index_games(tmp_path / "broken.tgz")
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    _one_game_archive(twice / "a.tgz", "x/valid_unseen/t-A-None-B-1/trial_1/game.tw-pddl")
+    _one_game_archive(twice / "b.tgz", "y/valid_unseen/t-A-None-B-1/trial_1/game.tw-pddl")
+    with pytest.raises(AlfworldDataError, match="appears twice"):
+        index_games(twice)
+    bad = tmp_path / "games" / "valid_unseen" / "t-A-None-B-1" / "trial_1" / "game.tw-pddl"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("{not json")
+    with pytest.raises(AlfworldDataError, match="cannot read the ALFWorld game"):
+        alfworld_data.load_game(bad)
+    bad.write_text('{"grammar": ""}')
+    with pytest.raises(AlfworldDataError, match="missing pddl_domain, pddl_problem"):
+        alfworld_data.load_game(bad)
+
+
+def test_missing_package_names_the_extra(monkeypatch) -> None:
+    from retro_ray.envs.benchmarks.alfworld_env import AlfworldEnv, AlfworldUnavailable
+
+    monkeypatch.setitem(sys.modules, "textworld", None)  # import textworld now fails
+    with pytest.raises(AlfworldUnavailable, match=r"pip install 'retro_ray\[alfworld\]'"):
+        AlfworldEnv()
+
+
+def test_oracle_reads_a_written_trajectory() -> None:
+    from retro_ray.envs.benchmarks.alfworld_reflect import oracle_reflection
+
+    task = Task(
+        "alfworld", "valid_unseen/look_at_obj_in_light-CD-None-DeskLamp-308/trial_1", "test"
+    )
+    room = "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 2, a desk 1, and a drawer 1.\n\nYour task is to: look at cd under the desklamp."
+    steps = [
+        ("go to bed 1", "You arrive at bed 1. On the bed 1, you see a pillow 1."),
+        ("go to desk 1", "You arrive at desk 1. On the desk 1, you see a desklamp 1, and a mug 2."),
+        ("go to drawer 1", "You arrive at drawer 1. The drawer 1 is closed."),
+        ("put cd 1 in desk 1", "Nothing happens."),
+        (
+            "go to bed 1",
+            "You arrive at bed 1. On the bed 1, you see a pillow 1. " + STEP_LIMIT_NOTE,
+        ),
+    ]
+    trajectory = Trajectory(task, 0, room, [Step(a, o, 0.0) for a, o in steps], done=True)
+    first = oracle_reflection(trajectory, [], max_steps=5, put_alias=False)
+    assert first == (
+        "I saw desklamp 1 at desk 1. No cd at: bed 1, desk 1. Not searched yet: desk 2, drawer 1. "
+        "Plan: take a cd, then go to desk 1 and use desklamp 1. "
+        "1 of my actions did nothing ('put cd 1 in desk 1'). "
+        "The game does not know 'put X in/on Y'; it says 'move X to Y'. "
+        "I ran out of steps: skip places already searched and do not loop."
+    )
+    later = Trajectory(
+        task,
+        1,
+        room,
+        [Step("go to desk 2", "You arrive at desk 2. On the desk 2, you see a cd 1.", 0.0)],
+    )
+    second = oracle_reflection(later, [first], max_steps=5)
+    assert second == (
+        "I saw cd 1 at desk 2. I saw desklamp 1 at desk 1. No cd at: bed 1, desk 1. "
+        "Plan: take a cd, then go to desk 1 and use desklamp 1."
+    )
+
+
+# ---- playing: needs the alfworld package -------------------------------------------------------
+
+
+def test_expert_wins_a_mixed_subset(env) -> None:
+    for task in env.tasks("test", 3):
+        trajectory = play(env, task, lambda e: e.expert_action())
+        assert trajectory.won, task.task_id
+        assert [s.action for s in trajectory.steps] == env.walkthrough
+        assert sum(s.reward for s in trajectory.steps) == 1.0
+
+
+def test_first_observation_and_admissible_commands(env) -> None:
+    (task,) = env.tasks("test", 1)
+    argv = list(sys.argv)
+    observation = env.reset(task)
+    assert sys.argv == argv  # fast-downward's translator overwrites it; the env restores it
+    assert observation.startswith("You are in the middle of a room.")
+    assert "Welcome" not in observation and "\n\nYour task is to: " in observation
+    assert env.walkthrough[0] in env.admissible_commands
+    result = env.step("look")
+    assert result.info["admissible_commands"] == env.admissible_commands
+
+
+def test_put_is_read_as_move_and_success_is_won(env) -> None:
+    (task,) = env.tasks("test", 1)
+    *approach, final = env.walkthrough
+    assert final.startswith("move ")
+    obj, place = final.removeprefix("move ").split(" to ")
+    trajectory = play(env, task, [*approach, f"Put {obj} in/on {place}."])
+    assert trajectory.won and trajectory.steps[-1].reward == 1.0
+    assert env.step("look").observation == EPISODE_OVER
+    literal = dataclasses.replace(env.options, put_alias=False)
+    env.options = literal
+    try:
+        assert env.command_for(f"put {obj} on {place}") == f"put {obj} on {place}"
+    finally:
+        env.options = dataclasses.replace(literal, put_alias=True)
+    assert env.command_for(f"put {obj} on {place}") == final
+
+
+def test_invalid_actions_and_the_step_limit(env) -> None:
+    (task,) = env.tasks("test", 1)
+    env.reset(task)
+    result = env.step("fly to the moon")
+    assert (result.observation, result.reward, result.done) == ("Nothing happens.", 0.0, False)
+    env.options = dataclasses.replace(env.options, invalid_hint=True)
+    try:
+        hinted = env.step("fly to the moon").observation
+    finally:
+        env.options = dataclasses.replace(env.options, invalid_hint=False)
+    assert hinted.startswith("Nothing happens. Valid here: ") and "go to <place>" in hinted
+    env.max_steps = 3
+    try:
+        last = env.step("look")
+    finally:
+        env.max_steps = env.options.max_steps
+    assert last.done and not last.info["won"] and last.observation.endswith(STEP_LIMIT_NOTE)
+    assert last.info["steps"] == 3
+
+
+def test_expert_replans_after_a_detour(env) -> None:
+    (task,) = env.tasks("test", 1)
+    env.reset(task)
+    detours = [c for c in env.admissible_commands if c.startswith("go to ")]
+    env.step(next(c for c in detours if c != env.walkthrough[0]))
+    while not env.done:
+        env.step(env.expert_action())
+    assert env.won
+
+
+def test_random_actions_are_admissible(env) -> None:
+    (task,) = env.tasks("test", 1)
+    env.reset(task)
+    env.max_steps = 8
+    rng = random.Random(0)
+    try:
+        while not env.done:
+            action = env.random_action(rng)
+            assert action in env.admissible_commands and action != "help"
+            env.step(action)
+    finally:
+        env.max_steps = env.options.max_steps
+    assert env.steps_taken == 8 or env.won
+
+
+def test_trajectory_oracle_reports_what_the_trial_showed(env) -> None:
+    task = next(
+        t for t in env.tasks("test", 20) if t.payload["task_type"] == "pick_and_place_simple"
+    )
+    env.reset(task)
+    goal_place = env.walkthrough[0].removeprefix("go to ")
+    obj = env.walkthrough[1].split(" from ")[0].removeprefix("take ")
+    others = [c for c in env.admissible_commands if c.startswith("go to ") and c[6:] != goal_place]
+    first = play(env, task, [*others[:2], "put nothing in nowhere"])
+    reflection = env.trajectory_oracle(first, [])
+    kind = obj.split()[0]
+    assert f"No {kind} at: " in reflection or "I saw" in reflection
+    assert "Not searched yet: " in reflection and "Plan: take a " in reflection
+    assert "did nothing ('put nothing in nowhere')" in reflection
+    second = play(env, task, [f"go to {goal_place}"])
+    merged = env.trajectory_oracle(second, [reflection])
+    assert f"I saw {obj}" in merged and f"at {goal_place}." in merged
+    ruled_out = re.findall(rf"No {kind} at: (.+?)\.", reflection)
+    if ruled_out:  # what the earlier trial ruled out is kept
+        assert f"No {kind} at: {ruled_out[0]}" in merged
+    truth = env.ground_truth_reflection(task)
+    assert truth.endswith("; ".join(env.walkthrough) + ".") and goal_place in truth
+
+
+def test_games_from_a_folder_are_read_in_place(tmp_path: Path, env) -> None:
+    from retro_ray.envs.benchmarks.alfworld_env import AlfworldEnv
+
+    member = "valid_unseen/t-A-None-B-1/trial_1/game.tw-pddl"
+    with tarfile.open(_one_game_archive(tmp_path / "one.tgz", member)) as tar:
+        tar.extractall(tmp_path / "games", filter="data")
+    before = sorted(p.name for p in (tmp_path / "games").rglob("*"))
+    folder_env = AlfworldEnv(data_path=str(tmp_path / "games"))
+    (task,) = folder_env.tasks("test", 5)
+    assert task.task_id == "valid_unseen/t-A-None-B-1/trial_1"
+    assert play(folder_env, task, lambda e: e.expert_action()).won
+    folder_env.close()
+    assert sorted(p.name for p in (tmp_path / "games").rglob("*")) == before
+    with pytest.raises(AlfworldDataError, match="no 'train' games"):
+        folder_env.tasks("train", 1)
+
+
+def test_registered_with_options(cache: Path) -> None:
+    pytest.importorskip("alfworld")
+    from retro_ray.config import ConfigError
+    from retro_ray.envs.registry import make_env
+
+    env = make_env("alfworld", {"max_steps": 7}, data_path=str(VALID_UNSEEN))
+    assert env.max_steps == 7
+    with pytest.raises(ConfigError, match="max_steps"):
+        make_env("alfworld", {"max_steps": 0}, data_path=str(VALID_UNSEEN))
+
+
+@pytest.mark.slow
+def test_command_line_plays_alfworld(cache: Path, capsys, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("alfworld")
+    import json
+
+    from retro_ray.cli import EXIT_CONFIG, main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["env", "play", "alfworld", "--data", str(VALID_UNSEEN), "--json"]
+    assert main([*args, "--policy", "expert", "--tasks", "2"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tasks"] == 2 and result["success_rate"] == 1.0
+    assert main([*args, "--split", "train"]) == EXIT_CONFIG
+    assert "no 'train' games" in capsys.readouterr().err
