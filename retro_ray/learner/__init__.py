@@ -1,0 +1,2 @@
+"""The learner of the retrospective model: plain classes (no Ray import); Ray Train wraps them at
+the edge."""

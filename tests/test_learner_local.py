@@ -1,0 +1,87 @@
+"""The single-process learner on a tiny real model: sampled log-probs agree with the learner's,
+the policy gradient moves probability toward reflections with positive advantage and away from
+negative ones, the KL to the reference starts at zero, and the adapter round-trips on disk."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retro_ray.algo import ReflectionBatch
+from retro_ray.config import LearnerConfig, LoRAConfig, PolicyLossConfig
+from retro_ray.learner.policy import ReflectorPolicy
+from retro_ray.llm.base import SamplingParams
+from retro_ray.llm.torch_backend import TorchBackend
+from tests.support.tiny_model import build_tiny_model
+
+PROMPTS = ["> Search[Alice Kay]\nAlice Kay was taught by", "> Search[Bob Lee]\nBob Lee"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory):
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_learner")).model_dir
+
+
+def make_policy(model_dir, **loss) -> ReflectorPolicy:
+    config = LearnerConfig(
+        lora=LoRAConfig(rank=4, alpha=8), loss=PolicyLossConfig(**loss), lr=5e-3, micro_batch_size=2
+    )
+    return ReflectorPolicy(model_dir, config, seed=0)
+
+
+def sampled_batch(policy: ReflectorPolicy, advantages: list[float]) -> ReflectionBatch:
+    sampling = SamplingParams(max_tokens=8, temperature=1.0, logprobs=True)
+    prompts = [PROMPTS[i % 2] for i in range(len(advantages))]
+    rows = policy.sample(prompts, sampling)
+    return ReflectionBatch.from_token_lists(
+        policy.prompt_ids(prompts),
+        [r.token_ids for r in rows],
+        advantages,
+        list(range(len(advantages))),
+        pad_id=policy.pad_token_id,
+        old_logprobs=[r.logprobs for r in rows],
+    )
+
+
+def sequence_logprob(policy: ReflectorPolicy, batch: ReflectionBatch) -> torch.Tensor:
+    return (policy.current_logprobs(batch) * batch.loss_mask).sum(-1)
+
+
+def test_sampler_and_learner_agree_and_kl_starts_at_zero(model_dir) -> None:
+    policy = make_policy(model_dir, name="reinforce", kl_coef=0.1)
+    batch = sampled_batch(policy, [1.0, -1.0, 0.5, -0.5])
+    metrics = policy.update(batch)
+    assert metrics["engine_logprob_mismatch"] < 1e-4
+    assert metrics["kl_ref"] == pytest.approx(0.0, abs=1e-6)  # LoRA B starts at zero
+
+
+@pytest.mark.parametrize("loss", ["reinforce", "ppo_clip"])
+def test_policy_gradient_moves_probability_by_advantage_sign(model_dir, loss: str) -> None:
+    policy = make_policy(model_dir, name=loss)
+    batch = sampled_batch(policy, [1.0, -1.0])
+    before = sequence_logprob(policy, batch)
+    for _ in range(5):
+        policy.update(batch)
+    after = sequence_logprob(policy, batch)
+    assert after[0] > before[0] + 0.1  # positive advantage: more likely
+    assert after[1] < before[1] - 0.1  # negative advantage: less likely
+
+
+def test_saved_adapter_serves_the_trained_policy(model_dir, tmp_path) -> None:
+    import asyncio
+
+    policy = make_policy(model_dir, name="reinforce")
+    batch = sampled_batch(policy, [1.0, -1.0])
+    for _ in range(3):
+        policy.update(batch)
+    adapter = policy.save_adapter(tmp_path / "adapter")
+    assert (adapter / "adapter_model.safetensors").exists()
+    backend = TorchBackend(model_dir)
+    asyncio.run(backend.load_adapter("retro@1", adapter))
+    rows_ids = [batch.input_ids[i][batch.loss_mask[i].bool()].tolist() for i in range(2)]
+    served = asyncio.run(backend.score(PROMPTS, rows_ids, adapter="retro@1"))
+    trained = policy.current_logprobs(batch)
+    for i, ids in enumerate(rows_ids):
+        expected = trained[i][batch.loss_mask[i].bool()].tolist()
+        assert served[i] == pytest.approx(expected, abs=1e-4)
+        assert len(ids) == len(expected)
