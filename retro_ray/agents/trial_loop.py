@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from retro_ray.agents.actors import Actor
 from retro_ray.agents.reflectors import Reflector
 from retro_ray.agents.results import TaskResult, TrialRecord
+from retro_ray.aio import gather_all
 from retro_ray.envs.base import Step, Task, TextEnv, Trajectory
 
 THINK_OBSERVATION = "OK."
@@ -124,9 +125,4 @@ class TrialLoop:
                 on_result(result)
             return result
 
-        try:
-            async with asyncio.TaskGroup() as group:
-                futures = [group.create_task(one(t)) for t in tasks]
-        except ExceptionGroup as errors:
-            raise errors.exceptions[0] from None
-        return [f.result() for f in futures]
+        return await gather_all([one(t) for t in tasks])

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from retro_ray.agents.prompts import clean_reflection, reflection_prompt
+from retro_ray.agents.results import TrialRecord
 from retro_ray.agents.trial_loop import TrialLoop
+from retro_ray.aio import gather_all
 from retro_ray.config import ReflectorConfig
-from retro_ray.envs.base import Task, Trajectory
+from retro_ray.envs.base import Task, TextEnv, Trajectory
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,32 @@ class ReflectionGroup:
         return [g - self.failed.return_before for g in self.returns_after]
 
 
+@dataclass(frozen=True)
+class Branch:
+    """One next trial played with one reflection: the environment stays with it, so the main
+    chain can continue from branch 0."""
+
+    env: TextEnv
+    record: TrialRecord
+    trajectory: Trajectory
+
+
+async def play_branches(
+    loop: TrialLoop, task: Task, k: int, memory: Sequence[str], reflections: Sequence[str]
+) -> list[Branch]:
+    """The branching step: one trial ``k`` per reflection, each with the long-term memory plus
+    that reflection (the last ``memory_size``), all at once."""
+
+    async def play(reflection: str) -> Branch:
+        env = loop.env_factory()
+        mine = [*memory, reflection]
+        window = mine[-loop.memory_size :] if loop.memory_size else []
+        record, trajectory = await loop.run_trial(env, task, k, window)
+        return Branch(env, record, trajectory)
+
+    return await gather_all([play(r) for r in reflections])
+
+
 class GroupRunner:
     """Runs first trials and scores reflections with the frozen actor, one loop per environment."""
 
@@ -67,7 +95,7 @@ class GroupRunner:
             )
             return FailedTrial(task, trajectory, (), prompt)
 
-        results = await asyncio.gather(*(run(t) for t in tasks))
+        results = await gather_all([run(t) for t in tasks])
         return [r for r in results if r is not None]
 
     def clean(self, text: str) -> str:
@@ -77,13 +105,9 @@ class GroupRunner:
         """G(k+1) of one next trial per reflection (the memory gains that reflection)."""
         loop = self._loop(failed.task)
         k = failed.trajectory.trial + 1
-
-        async def run(reflection: str) -> float:
-            memory = [*failed.memory, self.clean(reflection)][-max(1, loop.memory_size) :]
-            _, trajectory = await loop.run_trial(loop.env_factory(), failed.task, k, memory)
-            return trajectory.score
-
-        return list(await asyncio.gather(*(run(r) for r in reflections)))
+        cleaned = [self.clean(r) for r in reflections]
+        branches = await play_branches(loop, failed.task, k, failed.memory, cleaned)
+        return [b.trajectory.score for b in branches]
 
     async def score_groups(self, groups: Sequence[ReflectionGroup]) -> None:
         """Fill ``returns_after`` of every group, all next trials concurrently."""

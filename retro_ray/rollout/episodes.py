@@ -28,9 +28,10 @@ from typing import Protocol, TypeVar
 from retro_ray.agents.build import AGENTS, build_trial_loop, config_for_agent, openai_client
 from retro_ray.agents.reflectors import LLMReflector, Reflection, Reflector
 from retro_ray.agents.results import TrialRecord
+from retro_ray.aio import gather_all
 from retro_ray.config import Config
-from retro_ray.envs.base import Task, TextEnv, Trajectory
-from retro_ray.learner.groups import FailedTrial, ReflectionGroup
+from retro_ray.envs.base import Task
+from retro_ray.learner.groups import FailedTrial, ReflectionGroup, play_branches
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow, now_utc
 
@@ -206,7 +207,7 @@ class EpisodeRunner:
             window = memory[-loop.memory_size :] if loop.memory_size else []
             seed = f"{loop.seed}|{task.task_id}|{k}"
             reflector = self.reflector
-            timed = await _all(
+            timed = await gather_all(
                 [
                     _timed(reflector.reflect(env, trajectory, window, f"{seed}|{i}"))
                     for i in range(m)
@@ -217,28 +218,16 @@ class EpisodeRunner:
                 failed=FailedTrial(task, trajectory, tuple(window), reflections[0].prompt),
                 reflections=[r.text for r in reflections],
             )
-            branches = await _all([self._branch(task, k + 1, memory, r) for r in reflections])
-            group.returns_after = [t.score for _, _, t in branches]
-            for i, ((_, branch_record, _), (reflection, seconds)) in enumerate(
-                zip(branches, timed, strict=True)
-            ):
-                row = self._row(branch_record, sample=i)
+            branches = await play_branches(loop, task, k + 1, memory, [r.text for r in reflections])
+            group.returns_after = [b.trajectory.score for b in branches]
+            for i, (branch, (reflection, seconds)) in enumerate(zip(branches, timed, strict=True)):
+                row = self._row(branch.record, sample=i)
                 row.return_before, row.reward = trajectory.score, group.rewards[i]
                 _fill_reflection(row, reflection, seconds)
                 rows.append(row)
-            env, _, trajectory = branches[0]  # the main chain goes on with branch 0
+            env, trajectory = branches[0].env, branches[0].trajectory  # main chain: branch 0
             memory.append(reflections[0].text)
         return rows
-
-    async def _branch(
-        self, task: Task, k: int, memory: Sequence[str], reflection: Reflection
-    ) -> tuple[TextEnv, TrialRecord, Trajectory]:
-        loop = self.loop
-        env = loop.env_factory()
-        mine = [*memory, reflection.text]
-        window = mine[-loop.memory_size :] if loop.memory_size else []
-        record, trajectory = await loop.run_trial(env, task, k, window)
-        return env, record, trajectory
 
     def _row(self, record: TrialRecord, sample: int) -> ExperienceRow:
         return ExperienceRow(
@@ -284,17 +273,3 @@ async def _timed(awaitable: Awaitable[T]) -> tuple[T, float]:
     start = time.monotonic()
     value = await awaitable
     return value, time.monotonic() - start
-
-
-async def _all(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """All at once; the first error cancels the others (no branch keeps calling a dead endpoint)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_coro(a)) for a in awaitables]
-    except ExceptionGroup as errors:
-        raise errors.exceptions[0] from None
-    return [t.result() for t in tasks]
-
-
-async def _coro(awaitable: Awaitable[T]) -> T:
-    return await awaitable
