@@ -72,11 +72,77 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(cfg)
     cfg.set_defaults(handler=_config_show)
 
+    _add_zoo_parsers(sub)
+
+    from retro_ray.serve.cli import add_serve_parsers
+
+    add_serve_parsers(sub, _add_config_args)
+
     demo = sub.add_parser("demo", help="the embedded default end to end")
     demo.add_argument("--tasks", type=int, default=60, help="test tasks per environment")
     demo.add_argument("--output-dir", default="runs/demo")
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="build or evaluate the embedded tiny models")
+    actions = zoo.add_subparsers(metavar="ACTION")
+    build = actions.add_parser("build", help="build and cache the tokenizer and tiny models")
+    build.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    build.add_argument("--cache-dir", default=None, help="default: $RETRO_RAY_CACHE/zoo")
+    build.add_argument("--threads", type=int, default=1, help="torch threads (1: see zoo.build)")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    build.set_defaults(handler=_zoo_build)
+    ev = actions.add_parser("eval", help="the actor's success with each kind of reflection")
+    ev.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    ev.add_argument("--cache-dir", default=None)
+    ev.add_argument("--tasks", type=int, default=50, help="test tasks per environment")
+    ev.add_argument("--trials", type=int, default=3)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=1, help="torch threads")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(handler=_zoo_eval)
+
+
+def _zoo_build(args: argparse.Namespace) -> int:
+    from retro_ray.zoo.build import build_zoo
+
+    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    result = {
+        "recipe": args.recipe,
+        "path": str(built.root),
+        "actor_dir": str(built.actor_dir),
+        "retrospective_dir": str(built.retrospective_dir),
+        "cache_hit": built.cache_hit,
+        "seconds": round(built.seconds, 2),
+        "manifest": built.manifest,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"zoo {args.recipe}: {built.root} ({'cache hit' if built.cache_hit else 'built'})")
+    return 0
+
+
+def _zoo_eval(args: argparse.Namespace) -> int:
+    from retro_ray.zoo.build import build_zoo
+    from retro_ray.zoo.evaluate import evaluate_zoo, format_report
+
+    if args.tasks < 1 or args.trials < 1:
+        raise ValueError("--tasks and --trials must be >= 1")
+    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    report = evaluate_zoo(
+        built.actor_dir,
+        built.retrospective_dir,
+        args.tasks,
+        args.trials,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    report["recipe"] = args.recipe
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,146 @@
+"""``retro-ray serve`` and ``retro-ray registry list|publish|promote|rollback|gate``.
+
+Registry commands work on the directory alone (no Ray): a running server picks up every alias
+change within ``serve.poll_interval_s`` and hot-swaps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import asdict
+from typing import Any
+
+from retro_ray.config import Config, load_config
+
+
+def add_serve_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> None:
+    serve = sub.add_parser("serve", help="the Ray Serve application (OpenAI-compatible API)")
+    add_config_args(serve)
+    serve.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of a new Ray")
+    serve.set_defaults(handler=_serve)
+
+    reg = sub.add_parser("registry", help="the adapter registry: versions and aliases")
+    actions = reg.add_subparsers(metavar="ACTION")
+    ls = actions.add_parser("list", help="versions, aliases and recent events")
+    add_config_args(ls)
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(handler=_list)
+    pub = actions.add_parser("publish", help="validate and store an adapter as a new version")
+    add_config_args(pub)
+    pub.add_argument("adapter_dir")
+    pub.add_argument("--step", type=int, default=0, help="training step that produced it")
+    pub.add_argument("--score", type=float, default=None, help="its evaluation score")
+    pub.add_argument("--config-hash", default="", help="hash of the training config")
+    pub.add_argument("--base-model-hash", default=None, help="hash of the base it trained on")
+    pub.add_argument("--alias", default="train", choices=["train", "prod", "none"])
+    pub.set_defaults(handler=_publish)
+    promote = actions.add_parser("promote", help="point an alias at a version (no gate)")
+    add_config_args(promote)
+    promote.add_argument("version", help="number, retro@N or alias")
+    promote.add_argument("--alias", default="prod", choices=["train", "prod"])
+    promote.add_argument("--reason", default="manual")
+    promote.set_defaults(handler=_promote)
+    back = actions.add_parser("rollback", help="point an alias back at an earlier version")
+    add_config_args(back)
+    back.add_argument("version", nargs="?", default=None, help="default: the previous one")
+    back.add_argument("--alias", default="prod", choices=["train", "prod"])
+    back.add_argument("--reason", default="manual rollback")
+    back.set_defaults(handler=_rollback)
+    gate = actions.add_parser(
+        "gate", help="evaluate a candidate and promote it to prod if it passes"
+    )
+    add_config_args(gate)
+    gate.add_argument("--candidate", default="train")
+    gate.set_defaults(handler=_gate)
+
+
+def open_registry(cfg: Config) -> Any:
+    from retro_ray.serve.launch import resolve_model_dir
+    from retro_ray.serve.registry import AdapterRegistry
+
+    r = cfg.registry
+    return AdapterRegistry(r.root, resolve_model_dir(cfg), r.name, r.max_lora_rank)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import ray
+    from ray import serve
+
+    from retro_ray.serve.launch import start, stop
+
+    cfg = load_config(args.config, args.set)
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False)
+    app = start(cfg)
+    print(
+        json.dumps(
+            {"url": app.url, "app": app.app_name, "table": ray.get(app.controller.table.remote())}
+        )
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop(app)
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config, args.set))
+    state = registry.state()
+    versions = [asdict(registry.get(v)) for v in state.versions]
+    if args.json:
+        print(
+            json.dumps({"aliases": state.aliases, "revision": state.revision, "versions": versions})
+        )
+        return 0
+    by_version = {v: a for a, v in state.aliases.items()}
+    for meta in versions:
+        alias = by_version.get(meta["version"], "")
+        print(f"{meta['name']:12s} step {meta['step']:<6d} score {meta['eval_score']!s:8s} {alias}")
+    for event in registry.events()[-5:]:
+        print(f"event: {json.dumps(event)}")
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config, args.set))
+    meta = registry.publish(
+        args.adapter_dir,
+        step=args.step,
+        eval_score=args.score,
+        config_hash=args.config_hash,
+        base_model_hash=args.base_model_hash,
+        alias=None if args.alias == "none" else args.alias,
+    )
+    print(json.dumps(asdict(meta)))
+    return 0
+
+
+def _promote(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config, args.set))
+    version = registry.promote(args.version, args.alias, reason=args.reason)
+    print(json.dumps({"alias": args.alias, "version": version}))
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    registry = open_registry(load_config(args.config, args.set))
+    version = registry.rollback(args.alias, args.version, reason=args.reason)
+    print(json.dumps({"alias": args.alias, "version": version}))
+    return 0
+
+
+def _gate(args: argparse.Namespace) -> int:
+    from retro_ray.serve.gate import gated_promote
+
+    cfg = load_config(args.config, args.set)
+    decision = asyncio.run(gated_promote(open_registry(cfg), cfg, args.candidate))
+    print(json.dumps(asdict(decision)))
+    return 0 if decision.promote else 1

@@ -1,0 +1,320 @@
+"""The adapter registry: versioned LoRA adapters on disk, aliases, and the audit log.
+
+The learner writes it (``publish``), operators and the promotion gate move aliases (``promote``,
+``rollback``), and the serving controller reads it and hot-swaps what it says. Nothing here
+imports Ray: the registry is a directory any process can open.
+
+On-disk format (``format: 1``)::
+
+    <root>/registry.json           name, base_model_hash, base_config_sha256, revision, next_version,
+                                   aliases {"train": 3, "prod": 2}, alias_history {"prod": [1, 2]}
+    <root>/versions/<N>/           adapter_config.json, adapter_model.safetensors, metadata.json
+    <root>/events.jsonl            publish / promote / rollback / reject events, one JSON a line
+    <root>/registry.lock           fcntl lock: one writer at a time, across processes
+
+``metadata.json`` holds ``version``, ``name`` (``retro@N``: the immutable name it is served
+under, never reused, because engines cache adapters by name), ``step``, ``eval_score``,
+``base_model_hash``, ``config_hash``, ``rank``, ``target_modules``, ``created_at`` and the
+sha256 of each file (checked again before a replica loads it). A version directory appears by an
+atomic rename only after it was validated and copied in full; ``registry.json`` is replaced
+atomically, and its ``revision`` grows with every alias change, which is what the controller
+watches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retro_ray.serve.validation import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    LLAMA_LORA_MODULES,
+    AdapterRejected,
+    BaseShapes,
+    check_adapter_name,
+    file_sha256,
+    model_hash,
+    validate_adapter,
+)
+
+logger = logging.getLogger(__name__)
+
+FORMAT = 1
+ALIASES = ("train", "prod")
+"""``train``: the learner's latest (collection samples from it); ``prod``: what users get."""
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    """The metadata of one published version (``metadata.json``)."""
+
+    version: int
+    name: str  # "retro@3": the immutable serving name
+    step: int
+    eval_score: float | None
+    base_model_hash: str
+    config_hash: str
+    rank: int
+    target_modules: tuple[str, ...]
+    created_at: float
+    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AdapterVersion:
+        return cls(**{**data, "target_modules": tuple(data["target_modules"])})
+
+
+@dataclass(frozen=True)
+class RegistryState:
+    """The alias table the serving side reconciles to, and its revision."""
+
+    revision: int
+    aliases: dict[str, int]
+    versions: tuple[int, ...]
+
+
+class AdapterRegistry:
+    """Versioned LoRA adapters of one base model under ``root``.
+
+    ``base_model_dir`` gives the shapes every adapter is checked against, and its hash, which is
+    recorded at creation (the full hash once; reopening compares only ``config.json``, so a CLI
+    call does not re-read gigabytes of weights): opening it with another architecture is an
+    error, and a publish claiming another base model's hash is rejected."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        base_model_dir: str | Path,
+        name: str = "retro",
+        max_lora_rank: int = 16,
+        supported_modules: frozenset[str] = LLAMA_LORA_MODULES,
+    ) -> None:
+        self.root = Path(root)
+        self.name = check_adapter_name(name)
+        self.base_model_dir = Path(base_model_dir)
+        self.max_lora_rank = max_lora_rank
+        self.supported_modules = supported_modules
+        self._shapes = BaseShapes.from_model_dir(self.base_model_dir)
+        (self.root / "versions").mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            config_sha = file_sha256(self.base_model_dir / "config.json")
+            if self._index_path.exists():
+                index = self._read_index()
+                self.base_model_hash: str = index["base_model_hash"]
+                if index["name"] != self.name:
+                    raise ValueError(f"registry {self.root} holds {index['name']!r} adapters")
+                if index["base_config_sha256"] != config_sha:
+                    raise ValueError(f"registry {self.root} belongs to another base model")
+            else:
+                self.base_model_hash = model_hash(self.base_model_dir)
+                self._write_index(
+                    {
+                        "format": FORMAT,
+                        "name": self.name,
+                        "base_model_hash": self.base_model_hash,
+                        "base_config_sha256": config_sha,
+                        "revision": 0,
+                        "next_version": 1,
+                        "aliases": {},
+                        "alias_history": {},
+                    }
+                )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def version_name(self, version: int) -> str:
+        return f"{self.name}@{version}"
+
+    def path(self, version: int) -> Path:
+        return self.root / "versions" / str(version)
+
+    def state(self) -> RegistryState:
+        index = self._read_index()
+        return RegistryState(index["revision"], dict(index["aliases"]), tuple(self.versions()))
+
+    def versions(self) -> list[int]:
+        found = (p for p in (self.root / "versions").iterdir() if p.name.isdigit())
+        return sorted(int(p.name) for p in found if (p / "metadata.json").is_file())
+
+    def get(self, version: int) -> AdapterVersion:
+        meta = self.path(version) / "metadata.json"
+        if not meta.is_file():
+            raise KeyError(f"no version {version} in registry {self.root}")
+        return AdapterVersion.from_json(json.loads(meta.read_text()))
+
+    def resolve(self, ref: str | int) -> int:
+        """A version number from an alias (``prod``), a name (``retro@3``) or a number."""
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            version = int(ref)
+        elif ref in ALIASES:
+            aliases = self._read_index()["aliases"]
+            if ref not in aliases:
+                raise KeyError(f"alias {ref!r} is not set yet")
+            return int(aliases[ref])
+        elif ref.startswith(f"{self.name}@") and ref.split("@", 1)[1].isdigit():
+            version = int(ref.split("@", 1)[1])
+        else:
+            raise KeyError(f"unknown adapter reference {ref!r}")
+        self.get(version)
+        return version
+
+    def verify(self, version: int) -> Path:
+        """The version's directory after checking each file against its recorded sha256 (a file
+        changed or damaged since publish is never loaded)."""
+        meta = self.get(version)
+        root = self.path(version)
+        for name, digest in meta.files.items():
+            if file_sha256(root / name) != digest:
+                raise AdapterRejected(f"{meta.name}: {name} changed since publish")
+        return root
+
+    def events(self) -> list[dict[str, Any]]:
+        path = self.root / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def publish(
+        self,
+        adapter_dir: str | Path,
+        *,
+        step: int = 0,
+        eval_score: float | None = None,
+        config_hash: str = "",
+        base_model_hash: str | None = None,
+        alias: str | None = "train",
+    ) -> AdapterVersion:
+        """Validate and store a new version (and point ``alias`` at it). ``base_model_hash`` is
+        what the writer trained on; when given it must equal the registry's. Raises
+        ``AdapterRejected`` (logged as a ``reject`` event) and leaves the registry unchanged."""
+        if alias is not None and alias not in ALIASES:
+            raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+        src = Path(adapter_dir)
+        try:
+            if base_model_hash is not None and base_model_hash != self.base_model_hash:
+                raise AdapterRejected(
+                    f"base model hash {base_model_hash[:12]}... does not match the registry's "
+                    f"{self.base_model_hash[:12]}...: trained on another base model"
+                )
+            info = validate_adapter(src, self._shapes, self.max_lora_rank, self.supported_modules)
+        except AdapterRejected as exc:
+            self._event("reject", source=str(src), reason=str(exc))
+            logger.warning("adapter %s rejected: %s", src, exc)
+            raise
+        with self._locked():
+            index = self._read_index()
+            version = int(index["next_version"])
+            staging = Path(tempfile.mkdtemp(dir=self.root / "versions", prefix=f".{version}-"))
+            files = {}
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copyfile(src / name, staging / name)
+                files[name] = file_sha256(staging / name)
+            meta = AdapterVersion(
+                version=version,
+                name=self.version_name(version),
+                step=step,
+                eval_score=eval_score,
+                base_model_hash=self.base_model_hash,
+                config_hash=config_hash,
+                rank=info.rank,
+                target_modules=info.target_modules,
+                created_at=time.time(),
+                files=files,
+            )
+            (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
+            os.replace(staging, self.path(version))
+            index["next_version"] = version + 1
+            if alias is not None:
+                self._move_alias(index, alias, version)
+            self._write_index(index)
+        self._event("publish", version=version, name=meta.name, step=step, alias=alias)
+        return meta
+
+    def promote(self, version: int | str, alias: str = "prod", reason: str = "") -> int:
+        """Point ``alias`` at ``version`` (the gate calls this after the candidate proved not
+        worse); the previous target is kept in the alias history for rollback."""
+        return self._set_alias(alias, version, "promote", reason)
+
+    def rollback(self, alias: str = "prod", to: int | str | None = None, reason: str = "") -> int:
+        """Point ``alias`` back at ``to`` (any earlier version), or at its previous target."""
+        if to is None:
+            history = self._read_index()["alias_history"].get(alias, [])
+            if not history:
+                raise ValueError(f"alias {alias!r} has no earlier version to roll back to")
+            to = history[-1]
+        return self._set_alias(alias, to, "rollback", reason)
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append an audit event (the gate logs its decisions here)."""
+        self._event(event, **fields)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _set_alias(self, alias: str, ref: int | str, event: str, reason: str) -> int:
+        if alias not in ALIASES:
+            raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+        version = self.resolve(ref)
+        with self._locked():
+            index = self._read_index()
+            previous = index["aliases"].get(alias)
+            if event == "rollback" and previous is not None:
+                history = index["alias_history"].setdefault(alias, [])
+                if version in history:  # forget the target's entry and all that came after
+                    del history[len(history) - 1 - history[::-1].index(version) :]
+                index["aliases"][alias] = version
+                index["revision"] += 1
+            else:
+                self._move_alias(index, alias, version)
+            self._write_index(index)
+        self._event(event, alias=alias, version=version, previous=previous, reason=reason)
+        return version
+
+    @staticmethod
+    def _move_alias(index: dict[str, Any], alias: str, version: int) -> None:
+        previous = index["aliases"].get(alias)
+        if previous is not None and previous != version:
+            index["alias_history"].setdefault(alias, []).append(previous)
+        index["aliases"][alias] = version
+        index["revision"] += 1
+
+    @property
+    def _index_path(self) -> Path:
+        return self.root / "registry.json"
+
+    def _read_index(self) -> dict[str, Any]:
+        index = json.loads(self._index_path.read_text())
+        if index.get("format") != FORMAT:
+            raise ValueError(f"registry {self.root} has unknown format {index.get('format')!r}")
+        return index
+
+    def _write_index(self, index: dict[str, Any]) -> None:
+        tmp = self._index_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(index, indent=2))
+        os.replace(tmp, self._index_path)
+
+    def _event(self, event: str, **fields: Any) -> None:
+        line = json.dumps({"time": time.time(), "event": event, **fields})
+        with self._locked(), (self.root / "events.jsonl").open("a") as f:
+            f.write(line + "\n")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with (self.root / "registry.lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)

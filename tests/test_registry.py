@@ -1,0 +1,300 @@
+"""The adapter registry, its validation, the swap controller, the replica's adapter set and the
+promotion gate: plain classes, no Ray (fast)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from retro_ray.serve.controller import AliasController, ModelNotFound
+from retro_ray.serve.gate import PromotionGate, gated_promote
+from retro_ray.serve.registry import AdapterRegistry, RegistryState
+from retro_ray.serve.runtime import ReplicaRuntime
+from retro_ray.serve.validation import (
+    AdapterRejected,
+    check_adapter_name,
+    is_valid_model_name,
+    model_hash,
+)
+from tests.support.tiny_model import TinyModel, build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_registry"))
+
+
+@pytest.fixture(scope="module")
+def other_base(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
+    """Another architecture (hidden 64, one head): its adapters fit no other base."""
+    return build_tiny_model(tmp_path_factory.mktemp("other_base"), hidden_size=64, num_layers=1)
+
+
+@pytest.fixture
+def registry(tiny: TinyModel, tmp_path: Path) -> AdapterRegistry:
+    return AdapterRegistry(tmp_path / "registry", tiny.model_dir, max_lora_rank=8)
+
+
+def copy_adapter(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_publish_stores_version_metadata_and_moves_train(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    meta = registry.publish(
+        tiny.adapters["a"], step=7, eval_score=0.5, config_hash="cfg1", base_model_hash=None
+    )
+    assert (meta.version, meta.name, meta.step, meta.rank) == (1, "retro@1", 7, 8)
+    assert meta.base_model_hash == model_hash(tiny.model_dir) == registry.base_model_hash
+    assert set(meta.files) == {"adapter_config.json", "adapter_model.safetensors"}
+    state = registry.state()
+    assert state.aliases == {"train": 1} and state.versions == (1,)
+    assert registry.verify(1) == registry.path(1)
+    second = registry.publish(tiny.adapters["b"], step=8)
+    assert second.name == "retro@2" and registry.state().aliases["train"] == 2
+    assert registry.state().revision == state.revision + 1
+    assert [e["event"] for e in registry.events()] == ["publish", "publish"]
+    on_disk = json.loads((registry.root / "versions" / "2" / "metadata.json").read_text())
+    assert on_disk["config_hash"] == "" and on_disk["version"] == 2
+
+
+def _corrupt(dst: Path) -> None:
+    (dst / "adapter_model.safetensors").write_bytes(b"\x00garbage" * 100)
+
+
+def _truncate(dst: Path) -> None:
+    path = dst / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[:-1000])
+
+
+def _pickle(dst: Path) -> None:
+    (dst / "adapter_model.bin").write_bytes(b"\x80\x04K\x01.")
+
+
+def _bad_target(dst: Path) -> None:
+    cfg = json.loads((dst / "adapter_config.json").read_text())
+    cfg["target_modules"] = [*cfg["target_modules"], "lm_head"]
+    (dst / "adapter_config.json").write_text(json.dumps(cfg))
+
+
+def _nan(dst: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(dst / "adapter_model.safetensors")
+    first = next(iter(tensors))
+    tensors[first][0, 0] = float("nan")
+    save_file(tensors, dst / "adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (_corrupt, "corrupt safetensors"),
+        (_truncate, "corrupt safetensors"),
+        (_pickle, "pickle"),
+        (_bad_target, "not supported"),
+        (_nan, "finite"),
+    ],
+)
+def test_bad_adapters_are_rejected_and_leave_the_registry_unchanged(
+    registry: AdapterRegistry, tiny: TinyModel, tmp_path: Path, damage, why: str
+) -> None:
+    registry.publish(tiny.adapters["a"])
+    before = registry.state()
+    bad = copy_adapter(tiny.adapters["b"], tmp_path / "bad")
+    damage(bad)
+    with pytest.raises(AdapterRejected, match=why):
+        registry.publish(bad)
+    assert registry.state() == before
+    assert registry.events()[-1]["event"] == "reject"
+
+
+def test_rank_above_engine_limit_is_rejected(tiny: TinyModel, tmp_path: Path) -> None:
+    small = AdapterRegistry(tmp_path / "r", tiny.model_dir, max_lora_rank=4)
+    with pytest.raises(AdapterRejected, match="exceeds the engine's max_lora_rank 4"):
+        small.publish(tiny.adapters["a"])
+    assert small.state().versions == ()
+
+
+def test_adapter_of_another_base_model_is_rejected(
+    registry: AdapterRegistry, other_base: TinyModel, tiny: TinyModel
+) -> None:
+    with pytest.raises(AdapterRejected, match="another base model"):
+        registry.publish(other_base.adapters["a"])
+    with pytest.raises(AdapterRejected, match="base model hash"):
+        registry.publish(tiny.adapters["a"], base_model_hash=model_hash(other_base.model_dir))
+    with pytest.raises(ValueError, match="another base model"):
+        AdapterRegistry(registry.root, other_base.model_dir)
+
+
+def test_verify_catches_files_changed_after_publish(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    registry.publish(tiny.adapters["a"])
+    (registry.path(1) / "adapter_model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(AdapterRejected, match="changed since publish"):
+        registry.verify(1)
+
+
+def test_promote_and_rollback_to_any_earlier_version(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    for _ in range(3):
+        registry.publish(tiny.adapters["a"])
+    with pytest.raises(ValueError, match="no earlier version"):
+        registry.rollback("prod")
+    for v in (1, 2, 3):
+        registry.promote(v)
+    assert registry.resolve("prod") == 3
+    assert registry.rollback() == 2 and registry.resolve("prod") == 2
+    assert registry.rollback() == 1
+    registry.promote("retro@3")
+    assert registry.rollback(to=1) == 1
+    assert [e["event"] for e in registry.events()][-2:] == ["promote", "rollback"]
+    with pytest.raises(KeyError):
+        registry.promote(9)
+
+
+def test_names_are_validated() -> None:
+    for bad in ("../x", "a/b", "", "x" * 80, "a b"):
+        with pytest.raises(ValueError):
+            check_adapter_name(bad)
+    assert all(is_valid_model_name(m) for m in ("prod", "retro@3", "retrospective", "gpt-4o"))
+    assert not any(is_valid_model_name(m) for m in ("../etc", "a/b", "retro@x", "", "..", "x@1@2"))
+
+
+# -- the controller: two-phase swap -----------------------------------------------------------
+
+
+def test_swap_flips_only_after_every_replica_loaded() -> None:
+    async def two_phase() -> None:
+        ctl = AliasController("retro", "base", swap_timeout_s=5.0)
+        ctl.register("r1")
+        ctl.register("r2")
+        swap = asyncio.create_task(ctl.apply(RegistryState(1, {"train": 1, "prod": 1}, (1,))))
+        await asyncio.sleep(0.05)
+        assert ctl.wanted == {1} and ctl.resolve("train").version == 0  # still the old table
+        await ctl.report("r1", [1], {})
+        await asyncio.sleep(0.05)
+        assert not swap.done() and ctl.resolve("prod").model == "retro@0"
+        await ctl.report("r2", [1], {})
+        result = await swap
+        assert result.ok and ctl.resolve("retro").model == "retro@1" and ctl.epoch == 1
+        assert ctl.resolve("base").model == "base" and ctl.resolve("retro@1").version == 1
+        with pytest.raises(ModelNotFound):
+            ctl.resolve("retro@2")
+        # a failed load keeps the old table and says why
+        swap = asyncio.create_task(ctl.apply(RegistryState(2, {"train": 2, "prod": 1}, (1, 2))))
+        await asyncio.sleep(0.05)
+        await ctl.report("r1", [1, 2], {})
+        await ctl.report("r2", [1], {2: "AdapterRejected: changed since publish"})
+        result = await swap
+        assert not result.ok and "changed since publish" in result.reason
+        assert ctl.resolve("train").version == 1 and ctl.wanted == {1} and ctl.epoch == 1
+
+    asyncio.run(two_phase())
+
+
+def test_dead_replicas_do_not_block_a_swap() -> None:
+    async def scenario() -> None:
+        ctl = AliasController("retro", "base", swap_timeout_s=5.0, replica_ttl_s=0.1)
+        ctl.register("gone")
+        await asyncio.sleep(0.2)
+        result = await ctl.apply(RegistryState(1, {"train": 1}, (1,)))
+        assert result.ok and ctl.resolve("train").version == 1
+
+    asyncio.run(scenario())
+
+
+# -- the replica's adapter set ------------------------------------------------------------------
+
+
+class FakeEngine:
+    tokenizer = None
+
+    def __init__(self) -> None:
+        self.loaded: list[str] = []
+        self.max_seen = 0
+
+    async def load_adapter(self, name: str, path: object) -> None:
+        assert name not in self.loaded
+        self.loaded.append(name)
+        self.max_seen = max(self.max_seen, len(self.loaded))
+
+    async def unload_adapter(self, name: str) -> None:
+        self.loaded.remove(name)
+
+    async def generate(self, prompts, sampling):
+        await asyncio.sleep(0.05)
+        assert sampling.adapter is None or sampling.adapter in self.loaded
+        return [sampling.adapter for _ in prompts]
+
+    async def shutdown(self) -> None:
+        pass
+
+
+def test_runtime_bounds_loaded_versions_and_keeps_in_flight_ones() -> None:
+    async def scenario() -> None:
+        engine = FakeEngine()
+        rt = ReplicaRuntime(engine, lambda v: Path(f"/v/{v}"), lambda v: f"retro@{v}", 3, 2.0)
+        await rt.sync([1, 2])
+        assert rt.loaded == [1, 2]
+        slow = asyncio.create_task(rt.generate(["x"], _sampling(), 3))  # loads 3: full
+        await asyncio.sleep(0.01)
+        await rt.sync([4])  # 1, 2 unpinned and idle: unloaded; 3 is in flight: kept
+        assert rt.loaded == [3, 4]
+        assert await slow == ["retro@3"]
+        for v in (5, 6, 7):
+            assert await rt.generate(["x"], _sampling(), v) == [f"retro@{v}"]
+        assert engine.max_seen <= 3 and 4 in rt.loaded  # pinned survives the churn
+        assert await rt.generate(["x"], _sampling(), 0) == [None]
+
+    asyncio.run(scenario())
+
+
+def _sampling():
+    from retro_ray.llm.base import SamplingParams
+
+    return SamplingParams(max_tokens=2)
+
+
+# -- the promotion gate --------------------------------------------------------------------------
+
+
+def test_gate_rule() -> None:
+    gate = PromotionGate(margin=0.05)
+    assert gate.decide(0.50, 0.50).promote
+    assert gate.decide(0.46, 0.50).promote  # within the margin
+    worse = gate.decide(0.40, 0.50, "retro@3", "retro@2")
+    assert not worse.promote and "worse than current retro@2" in worse.reason
+    with pytest.raises(ValueError):
+        PromotionGate(-1.0)
+
+
+def test_gated_promote_measures_both_and_logs_the_decision(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    from retro_ray.config import load_config
+
+    cfg = load_config(None, ["registry.gate_margin=0.0"])
+    returns = {"retro@0": 0.3, "retro@1": 0.4, "retro@2": 0.35}
+    measured: list[str] = []
+
+    async def measure(model: str) -> float:
+        measured.append(model)
+        return returns[model]
+
+    registry.publish(tiny.adapters["a"])
+    first = asyncio.run(gated_promote(registry, cfg, "train", measure))
+    assert first.promote and registry.resolve("prod") == 1 and measured == ["retro@1", "retro@0"]
+    registry.publish(tiny.adapters["b"])
+    second = asyncio.run(gated_promote(registry, cfg, "train", measure))
+    assert not second.promote and registry.resolve("prod") == 1
+    gates = [e for e in registry.events() if e["event"] == "gate"]
+    assert [g["promote"] for g in gates] == [True, False] and "worse than" in gates[1]["reason"]
