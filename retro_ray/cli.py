@@ -68,6 +68,11 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
     ev.set_defaults(handler=_eval)
 
+    tr = sub.add_parser("train", help="the Retroformer training loop (collect, learn, publish)")
+    _add_config_args(tr)
+    tr.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
+    tr.set_defaults(handler=_train)
+
     cfg = sub.add_parser("config", help="show the resolved configuration")
     _add_config_args(cfg)
     cfg.set_defaults(handler=_config_show)
@@ -207,11 +212,27 @@ def _eval(args: argparse.Namespace) -> int:
     summary["agent"] = args.agent
     print(format_table({args.agent: summary}))
     print(f"results: {out}/results.jsonl")
-    if args.json == "-":
-        print(json.dumps(summary))
-    elif args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2))
+    _emit_json(summary, args.json)
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from retro_ray.driver.train import run_train
+
+    summary = run_train(load_config(args.config, args.set))
+    _emit_json(summary, args.json)
+    print(
+        f"run: {summary['run_dir']} (train v{summary['train_version']}, "
+        f"prod v{summary['prod_version']})"
+    )
+    return 0
+
+
+def _emit_json(summary: dict, path: str | None) -> None:
+    if path == "-":
+        print(json.dumps(summary))
+    elif path:
+        Path(path).write_text(json.dumps(summary, indent=2))
 
 
 def _config_show(args: argparse.Namespace) -> int:

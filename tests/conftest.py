@@ -22,3 +22,13 @@ def ray_cluster():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def zoo_tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The zoo's ``tiny`` recipe, built once per test session in a temporary cache directory
+    (well under a minute): a loadable actor and retrospective base for backend and learning tests.
+    Returns a ``retro_ray.zoo.build.ZooBuild`` (``actor_dir``, ``retrospective_dir``, ``manifest``)."""
+    from retro_ray.zoo.build import build_zoo
+
+    return build_zoo("tiny", cache_dir=tmp_path_factory.mktemp("zoo_cache"))

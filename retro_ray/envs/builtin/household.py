@@ -230,6 +230,27 @@ class HouseholdEnv(BuiltinEnv):
         instance = self._instance(task)
         return f"The {instance.target} is in {instance.location}."
 
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        """Confident and wrong, from the trajectory alone: says the object is not in containers
+        the trial never looked into and sends the next trial back to those it found empty (or
+        places the object in one of them). Training data for the retrospective base."""
+        match = _TASK.search(trajectory.first_observation)
+        assert match is not None
+        target = match.group(1)
+        room = CONTAINER.findall(trajectory.first_observation.split("Task:")[0])
+        looked = []
+        for step in trajectory.steps:
+            look = _LOOK.match(step.action)
+            if look and step.observation.startswith("You see"):
+                looked.append(look.group(1).strip().lower())
+        looked = [c for c in room if c in looked] or rng.sample(room, 2)
+        unseen = [c for c in room if c not in looked]
+        if rng.random() < 0.5 and unseen:
+            picked = set(rng.sample(unseen, min(2, len(unseen))))
+            ruled_out = ", ".join(c for c in unseen if c in picked)
+            return f"The {target} was not in {ruled_out}. Look in {', '.join(looked)} next."
+        return f"The {target} is in {rng.choice(looked)}."
+
 
 register(
     EnvSpec(

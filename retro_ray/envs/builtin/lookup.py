@@ -251,6 +251,27 @@ class LookupEnv(BuiltinEnv):
         instance = self._instance(task)
         return f"The right {instance.first_name} is {instance.meant}."
 
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        """Confident and wrong, from the trajectory alone: rules out a listed candidate the trial
+        never tried and sends the next trial back to the one that failed (or calls it the right
+        one). Training data for the retrospective base, whose samples must vary in quality."""
+        first_name = asked_first_name(trajectory.first_observation)
+        listed: list[str] = []
+        followed = None
+        for step in trajectory.steps:
+            if match := _LISTING.match(step.observation):
+                listed = [n.strip() for n in match.group(2).split(",")]
+            parsed = bracket_action(step.action)
+            if parsed and parsed[0] == "search" and parsed[1] in listed:
+                followed = parsed[1]
+        if not listed:
+            return f"The answer is {rng.choice(CITIES)}. Finish with it at once."
+        followed = followed or rng.choice(listed)
+        untried = [n for n in listed if n != followed]
+        if rng.random() < 0.5 and untried:
+            return f"{rng.choice(untried)} was the wrong {first_name}. Next, search {followed}."
+        return f"The right {first_name} is {followed}."
+
 
 register(
     EnvSpec(

@@ -270,6 +270,30 @@ class ShopEnv(BuiltinEnv):
     def ground_truth_reflection(self, task: Task) -> str:
         return f"Choose size {self._instance(task).size}."
 
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        """Confident and wrong, from the trajectory alone: turns a returned order's verdict
+        around (too small becomes too large) and points at the wrong side, or repeats the size
+        that was returned. Training data for the retrospective base."""
+        offered: list[str] = []
+        chosen = verdict = None
+        for step in trajectory.steps:
+            if found := _OFFERED.search(step.observation):
+                offered = [s.strip() for s in found.group(1).split(",")]
+            if step.observation.endswith("chosen."):
+                chosen = step.observation.split()[1]
+            for candidate in ("too small", "too large"):
+                if f"size {candidate}" in step.observation:
+                    verdict = candidate
+        offered = offered or list(SIZES[1:5])
+        if chosen is None or verdict is None:
+            return f"Choose size {rng.choice(offered)}."
+        if rng.random() < 0.5:
+            return f"Choose size {chosen}."
+        flipped = "too large" if verdict == "too small" else "too small"
+        text = f"Size {chosen} was {flipped}."
+        wrong_side = [s for s in offered if read_advice([text]).allows(s)]
+        return f"{text} Choose from {', '.join(wrong_side)}." if wrong_side else text
+
 
 def _wanted(trajectory: Trajectory) -> str:
     match = _INSTRUCTION.search(trajectory.first_observation)

@@ -1,0 +1,156 @@
+"""Zoo recipes: everything that decides what ``retro-ray zoo build`` produces, in one frozen
+dataclass, so that a hash of the recipe names the cache entry (change a field, get a new build).
+
+Two recipes ship: ``default`` (the demo's models, a few minutes on 2 CPU cores) and ``tiny`` (for
+tests: loadable, non-degenerate models in well under a minute, not good ones).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+ZOO_CODE_VERSION = 1
+"""Bumped whenever the build code changes what a recipe produces (data, loss, tokenizer corpus):
+it is part of the cache key, so a stale cache entry is never mistaken for a current one."""
+
+ENVS: tuple[str, ...] = ("lookup", "household", "shop")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A tiny Llama. ``hidden_size / num_heads`` must be >= 64 (vLLM's CPU attention)."""
+
+    hidden_size: int = 128
+    """Width of the residual stream."""
+    num_layers: int = 2
+    """Transformer blocks."""
+    num_heads: int = 2
+    """Attention heads (head_dim = hidden_size / num_heads)."""
+    intermediate_size: int = 384
+    """Width of the SwiGLU feed-forward layer."""
+    max_positions: int = 640
+    """Longest sequence (prompt plus completion) in tokens; longer training sequences are dropped."""
+
+
+@dataclass(frozen=True)
+class SFTSchedule:
+    """One supervised fine-tuning run: AdamW, linear warm-up, cosine decay to 10% of ``lr``."""
+
+    steps: int = 1200
+    """Optimizer steps. The actor copies names from its context only after a few hundred steps
+    (a sudden drop of the loss, around step 700 at the defaults), then learns to use the notes."""
+    batch_size: int = 16
+    """Sequences per step (batches are drawn from length-sorted pools to limit padding)."""
+    lr: float = 3e-3
+    """Peak learning rate (6e-3 learned to copy no sooner and ended at a higher loss)."""
+    warmup_steps: int = 30
+    """Steps of linear warm-up from 0 to ``lr``."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (matrices only)."""
+    context_weight: float = 0.3
+    """Loss weight of the tokens that are not targets (instruction, observations, notes), the
+    targets weighing 1. Predicting the observations too is what teaches a tiny model to copy from
+    its context (a listed surname, a container name): with a loss on the actions alone, which
+    are a tenth of the tokens, 1600 steps did not learn to copy a listed surname."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How to build the zoo: data, tokenizer, both models and their training schedules."""
+
+    name: str = "default"
+    """Name of the recipe; the cache entry is ``<name>-<hash12>``."""
+    envs: tuple[str, ...] = ENVS
+    """Built-in environments whose train split provides the demonstrations and reflections."""
+    tasks_per_env: int = 700
+    """Train-split tasks per environment played by the scripted actor through the trial loop."""
+    max_trials: int = 3
+    """Trials per task in the data runs (the evaluation's default, too)."""
+    actor_regimes: tuple[tuple[str, float], ...] = (
+        ("none", 0.10),
+        ("vague", 0.15),
+        ("trajectory_oracle", 0.30),
+        ("ground_truth", 0.15),
+        ("misleading", 0.10),
+        ("mixed", 0.20),
+    )
+    """Reflections the actor's demonstrations carry, drawn once per task: one reflector kind for
+    all its failed trials, or ``mixed`` (each reflection drawn from ``reflection_mix``, what the
+    retrospective base will write). With mostly informative advice, and demonstrations that
+    follow whatever the notes say, the actor learns to act on advice, good or bad."""
+    reflection_mix: tuple[tuple[str, float], ...] = (
+        ("trajectory_oracle", 1 / 3),
+        ("vague", 1 / 3),
+        ("misleading", 1 / 3),
+    )
+    """Kinds of the retrospective base's training targets: informative, useless and wrong, so
+    that its samples at temperature 1 vary in quality and a policy gradient has something to
+    select."""
+    vocab_size: int = 1024
+    """BPE vocabulary (256 bytes, 3 special tokens, merges). The environments use a few hundred
+    distinct words, each with and without a leading space, so nearly every word becomes one
+    token."""
+    model: ModelShape = field(default_factory=ModelShape)
+    """Shape of both models (the retrospective base starts from the actor's weights)."""
+    actor_sft: SFTSchedule = field(default_factory=SFTSchedule)
+    """Training of the actor on demonstrations."""
+    retro_sft: SFTSchedule = field(
+        default_factory=lambda: SFTSchedule(steps=400, lr=1e-3, warmup_steps=20)
+    )
+    """Training of the retrospective base on reflections."""
+    retro_from_actor: bool = True
+    """Start the retrospective base from the trained actor rather than from random weights: the
+    actor already reads the environments' text and copies names from its context, the skill a
+    reflection needs, so the reflection SFT converges in a fraction of the steps."""
+    seed: int = 0
+    """Seed of task regimes, reflection draws, model init and batch order."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def digest(self) -> str:
+        """12 hex digits of SHA-256 over the recipe and ``ZOO_CODE_VERSION``: the cache key."""
+        payload = json.dumps(
+            {"code_version": ZOO_CODE_VERSION, "recipe": self.to_dict()}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}-{self.digest()}"
+
+    def validate(self) -> Recipe:
+        for env in self.envs:
+            if env not in ENVS:
+                raise ValueError(f"recipe env {env!r} is not a built-in one ({', '.join(ENVS)})")
+        for label, weights in (
+            ("actor_regimes", self.actor_regimes),
+            ("reflection_mix", self.reflection_mix),
+        ):
+            if not weights or any(w < 0 for _, w in weights) or sum(w for _, w in weights) <= 0:
+                raise ValueError(f"recipe {label} needs non-negative weights with a positive sum")
+        shape = self.model
+        if shape.hidden_size % shape.num_heads or shape.hidden_size // shape.num_heads < 64:
+            raise ValueError(f"model shape {shape}: head_dim must be an integer >= 64")
+        return self
+
+
+TINY = Recipe(
+    name="tiny",
+    tasks_per_env=40,
+    vocab_size=400,
+    model=ModelShape(hidden_size=64, num_layers=1, num_heads=1, intermediate_size=128),
+    actor_sft=SFTSchedule(steps=150, batch_size=8, lr=3e-3, warmup_steps=10),
+    retro_sft=SFTSchedule(steps=80, batch_size=8, lr=3e-3, warmup_steps=10),
+)
+
+RECIPES: dict[str, Recipe] = {"default": Recipe(), "tiny": TINY}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown zoo recipe {name!r}; expected one of {', '.join(RECIPES)}")
+    return RECIPES[name].validate()

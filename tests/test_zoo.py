@@ -1,0 +1,151 @@
+"""The model zoo: the tiny recipe builds once (session fixture ``zoo_tiny``), is cached, loads with
+plain transformers, keeps its special tokens explicit, and learns; the data it trains on is rendered
+by the inference prompt code and tokenized exactly as inference tokenizes it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+
+import pytest
+
+from retro_ray.agents.actors import ScriptedActor
+from retro_ray.agents.prompts import ACTION_PROMPT
+from retro_ray.agents.reflectors import Reflection, TrajectoryOracleReflector
+from retro_ray.agents.results import summarize
+from retro_ray.agents.trial_loop import TrialLoop
+from retro_ray.envs.registry import make_env
+from retro_ray.zoo.build import build_zoo, cache_root
+from retro_ray.zoo.data import generate_data
+from retro_ray.zoo.recipes import TINY, ModelShape, get_recipe
+
+ENVS = ("lookup", "household", "shop")
+
+
+def test_tiny_build_layout_and_manifest(zoo_tiny) -> None:
+    assert zoo_tiny.root.name == f"tiny-{TINY.digest()}"
+    for directory in (zoo_tiny.actor_dir, zoo_tiny.retrospective_dir):
+        for name in (
+            "config.json",
+            "generation_config.json",
+            "model.safetensors",
+            "tokenizer.json",
+        ):
+            assert (directory / name).is_file(), directory / name
+    manifest = json.loads((zoo_tiny.root / "manifest.json").read_text())
+    assert manifest["hash"] == TINY.digest() and manifest["recipe"]["name"] == "tiny"
+    assert set(manifest["timings_s"]) >= {"data", "tokenizer", "sft_actor", "sft_retrospective"}
+    assert not list(zoo_tiny.root.parent.glob(".*building*"))  # the staging dir was renamed
+
+
+def test_second_build_is_a_cache_hit(zoo_tiny) -> None:
+    again = build_zoo("tiny", cache_dir=zoo_tiny.root.parent, log=lambda _: None)
+    assert again.cache_hit and again.root == zoo_tiny.root
+    assert again.seconds < 5
+    assert again.manifest == zoo_tiny.manifest
+
+
+def test_cli_build_reports_the_cache_hit(zoo_tiny, capsys) -> None:
+    from retro_ray.cli import main
+
+    code = main(
+        ["zoo", "build", "--recipe", "tiny", "--cache-dir", str(zoo_tiny.root.parent), "--json"]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["cache_hit"] and result["actor_dir"] == str(zoo_tiny.actor_dir)
+
+
+def test_models_load_with_auto_classes_and_explicit_special_tokens(zoo_tiny) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    expected = (0, 1, 2)  # pad, bos, eos
+    assert tuple(zoo_tiny.manifest["special_token_ids"].values()) == expected
+    for directory in (zoo_tiny.actor_dir, zoo_tiny.retrospective_dir):
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory)
+        generation = GenerationConfig.from_pretrained(directory)
+        for source in (tokenizer, model.config, generation):
+            assert (source.pad_token_id, source.bos_token_id, source.eos_token_id) == expected
+        assert model.config.head_dim >= 64 and model.config.vocab_size == len(tokenizer)
+        ids = tokenizer("Question: where was the boss of Alice born?\n> ", return_tensors="pt")
+        out = model.generate(**ids, max_new_tokens=4, do_sample=False)
+        assert out.shape[1] == ids["input_ids"].shape[1] + 4 or out[0, -1] == 2
+
+
+def test_sft_losses_decreased(zoo_tiny) -> None:
+    for name in ("actor", "retrospective"):
+        report = zoo_tiny.manifest["models"][name]
+        assert report["final_loss"] < report["first_loss"] - 0.5, (name, report)
+
+
+def test_recipe_hash_is_stable_and_changes_with_any_field() -> None:
+    assert TINY.digest() == dataclasses.replace(TINY).digest()
+    assert len(TINY.digest()) == 12
+    assert dataclasses.replace(TINY, tasks_per_env=41).digest() != TINY.digest()
+    bigger = dataclasses.replace(TINY, model=ModelShape(hidden_size=128, num_heads=2))
+    assert bigger.digest() != TINY.digest()
+    assert get_recipe("default").digest() != TINY.digest()
+    with pytest.raises(ValueError, match="unknown zoo recipe"):
+        get_recipe("huge")
+
+
+def test_cache_root_precedence(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("RETRO_RAY_CACHE", str(tmp_path / "env"))
+    assert cache_root() == tmp_path / "env" / "zoo"
+    assert cache_root(tmp_path / "flag") == tmp_path / "flag"
+    monkeypatch.delenv("RETRO_RAY_CACHE")
+    assert cache_root().parts[-3:] == (".cache", "retro_ray", "zoo")
+
+
+def test_training_text_tokenizes_exactly_as_inference(zoo_tiny) -> None:
+    """Each action's prompt encodes to a prefix of the trial's encoding, so the targets are the
+    tokens the model must write after the prompt it will be served."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(zoo_tiny.actor_dir)
+    data = generate_data(dataclasses.replace(TINY, tasks_per_env=6))
+    assert data.actor and data.reflections
+    for sequence in data.actor:
+        full = tokenizer(sequence.text)["input_ids"]
+        for start, end in sequence.spans:
+            prompt = sequence.text[:start]
+            assert prompt.endswith(ACTION_PROMPT) and sequence.text[end - 1] == "\n"
+            assert full[: len(tokenizer(prompt)["input_ids"])] == tokenizer(prompt)["input_ids"]
+    for example in data.reflections:
+        assert example.prompt.endswith("Reflection:") and example.target.endswith("\n")
+        full = tokenizer(example.prompt + example.target)["input_ids"]
+        prompt_ids = tokenizer(example.prompt)["input_ids"]
+        assert full[: len(prompt_ids)] == prompt_ids
+
+
+class MisleadingReflector:
+    name = "misleading"
+
+    async def reflect(self, env, trajectory, memory, seed: str) -> Reflection:
+        return Reflection(env.misleading_reflection(trajectory, random.Random(seed)))
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_misleading_reflections_hurt_the_scripted_actor(env: str) -> None:
+    def success(reflector) -> float:
+        loop = TrialLoop(lambda: make_env(env), ScriptedActor(), reflector, max_trials=3)
+        tasks = make_env(env).tasks("train", 60)  # type: ignore[attr-defined]
+        return summarize(asyncio.run(loop.run_tasks(tasks, 60)), 3)["success_rate"]
+
+    assert success(MisleadingReflector()) < success(TrajectoryOracleReflector()) - 0.3
+
+
+def test_zoo_eval_reports_every_condition(zoo_tiny) -> None:
+    from retro_ray.llm.torch_backend import TorchBackend
+    from retro_ray.zoo.evaluate import CONDITIONS, evaluate_reflections
+
+    actor = TorchBackend(zoo_tiny.actor_dir)
+    retro = TorchBackend(zoo_tiny.retrospective_dir)
+    report = asyncio.run(evaluate_reflections(actor, retro, tasks=2, trials=2, log=lambda _: None))
+    assert report["tasks"] == 2 and set(report["per_env"]) == set(ENVS)
+    for condition in CONDITIONS:
+        assert 0.0 <= report[f"success_{condition}"] <= 1.0
+        for env in ENVS:
+            assert 0.0 <= report["per_env"][env][f"success_{condition}"] <= 1.0
