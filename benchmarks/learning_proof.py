@@ -35,6 +35,9 @@ from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.torch_backend import TorchBackend
 
 ENVS = ("lookup", "household", "shop")
+DEFAULT_ENVS = ("lookup",)
+"""The default recipe's tiny actor follows reflections on ``lookup`` (oracle 1.00 vs none 0.32 in
+``zoo eval``) but not yet on ``household`` and ``shop``, where no reflector can raise its return."""
 
 
 def bootstrap_ci(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -45,7 +48,9 @@ def bootstrap_ci(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tu
     return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
-def build_runner(actor_dir: Path, reflector: ReflectorConfig, actor_max_tokens: int) -> GroupRunner:
+def build_runner(
+    actor_dir: Path, reflector: ReflectorConfig, actor_max_tokens: int, envs: tuple[str, ...]
+) -> GroupRunner:
     backend = TorchBackend(actor_dir, max_batch_size=128)
     defaults = load_config()
     actor = LLMActor(
@@ -56,13 +61,13 @@ def build_runner(actor_dir: Path, reflector: ReflectorConfig, actor_max_tokens: 
     )
     loops = {
         name: TrialLoop(lambda name=name: make_env(name), actor, None, max_trials=2, memory_size=3)
-        for name in ENVS
+        for name in envs
     }
     return GroupRunner(loops, reflector)
 
 
-def tasks_of(split: str, per_env: int, seed: int) -> list:
-    return [t for name in ENVS for t in make_env(name).tasks(split, per_env, seed)]  # type: ignore[attr-defined]
+def tasks_of(split: str, per_env: int, seed: int, envs: tuple[str, ...]) -> list:
+    return [t for name in envs for t in make_env(name).tasks(split, per_env, seed)]  # type: ignore[attr-defined]
 
 
 async def oracle_rewards(runner: GroupRunner, failed: list[FailedTrial]) -> list[float]:
@@ -88,10 +93,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         failed_trials_per_iteration=args.groups,
     )
     reflector = cfg.reflector
-    runner = build_runner(actor_dir, reflector, args.actor_max_tokens)
+    envs = tuple(args.envs.split(","))
+    runner = build_runner(actor_dir, reflector, args.actor_max_tokens, envs)
     log(f"first trials: {args.train_tasks} train and {args.eval_tasks} test tasks per env")
-    train_pool = await runner.failed_trials(tasks_of("train", args.train_tasks, args.seed))
-    held_out = await runner.failed_trials(tasks_of("test", args.eval_tasks, args.seed))
+    train_pool = await runner.failed_trials(tasks_of("train", args.train_tasks, args.seed, envs))
+    held_out = await runner.failed_trials(tasks_of("test", args.eval_tasks, args.seed, envs))
     log(f"failed first trials: {len(train_pool)} train, {len(held_out)} held-out")
 
     policy = ReflectorPolicy(retro_dir, learner, seed=args.seed)
@@ -128,6 +134,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "gain_ci95_high": high,
         "gap_closed": (mean(trained) - mean(base)) / gap if gap > 0 else None,
         "train_reward_curve": curve,
+        "envs": list(envs),
         "held_out_failed_trials": len(held_out),
         "eval_samples_per_trial": args.eval_samples,
         "iterations": train.iterations,
@@ -156,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="default", help="zoo recipe (built if missing)")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--envs", default=",".join(DEFAULT_ENVS), help="comma-separated built-ins")
     p.add_argument("--iterations", type=int, default=20)
     p.add_argument("--groups", type=int, default=32, help="failed trials per iteration")
     p.add_argument("--group-size", type=int, default=4, help="m reflections per failed trial")
