@@ -84,8 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     add_serve_parsers(sub, _add_config_args)
 
     demo = sub.add_parser("demo", help="the embedded default end to end")
-    demo.add_argument("--tasks", type=int, default=60, help="test tasks per environment")
+    demo.add_argument("--tasks", type=int, default=100, help="held-out test tasks per seed")
+    demo.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
     demo.add_argument("--output-dir", default="runs/demo")
+    _add_config_args_set_only(demo)
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -148,6 +150,16 @@ def _zoo_eval(args: argparse.Namespace) -> int:
     report["recipe"] = args.recipe
     print(json.dumps(report) if args.json else format_report(report))
     return 0
+
+
+def _add_config_args_set_only(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of configs/train.yaml by dotted key",
+    )
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -244,7 +256,7 @@ def _config_show(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from retro_ray.demo import run_demo
 
-    return run_demo(tasks=args.tasks, output_dir=Path(args.output_dir))
+    return run_demo(args.tasks, Path(args.output_dir), seeds=args.seeds, overrides=args.set)
 
 
 def _clear(directory: Path) -> None:

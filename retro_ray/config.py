@@ -104,6 +104,10 @@ class ActorConfig:
     reflections (to check environments). ``expert`` / ``random``: reference policies."""
     endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(max_tokens=48))
     """Where the actor LLM is served."""
+    model_dir: str | None = None
+    """A local Hugging Face model directory run in-process by the torch backend instead of the
+    endpoint (the embedded default's tiny actor: every rollout worker loads its own copy);
+    sampling settings still come from ``endpoint``."""
     instruction: str = (
         "Solve the task. Answer with one action per line, as `> Action[argument]` "
         "or the command the task describes."
@@ -261,6 +265,19 @@ class LearnerConfig:
     """Reflections per forward/backward pass (gradient accumulation over the batch)."""
     epochs_per_batch: int = 1
     """Optimizer passes over each collected batch; above 1 the PPO ratio clipping matters."""
+    num_workers: int = 1
+    """Data-parallel Ray Train workers (``retro_ray.learner.distributed``); same update as one."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL and bf16 autocast; otherwise gloo on CPU in float32."""
+    cpus_per_worker: float = 1.0
+    """Logical CPUs each learner worker reserves (fractional on small machines)."""
+    max_staleness: int = 1
+    """Batches collection may run ahead of the learner: data is at most this many adapter
+    versions behind the weights it trains (recorded per batch as ``staleness``)."""
+    checkpoint_every: int = 1
+    """Batches between checkpoints; a crash replays at most this many onto the restored state."""
+    max_failures: int = 3
+    """Worker-group restarts (from the last checkpoint) before the learner gives up."""
 
     def validate(self, key: str) -> None:
         self.lora.validate(f"{key}.lora")
@@ -269,6 +286,11 @@ class LearnerConfig:
         _positive(self.max_grad_norm, f"{key}.max_grad_norm")
         _positive(self.micro_batch_size, f"{key}.micro_batch_size")
         _positive(self.epochs_per_batch, f"{key}.epochs_per_batch")
+        _positive(self.num_workers, f"{key}.num_workers")
+        _positive(self.cpus_per_worker, f"{key}.cpus_per_worker")
+        _require(self.max_staleness >= 0, f"{key}.max_staleness", self.max_staleness, ">= 0")
+        _positive(self.checkpoint_every, f"{key}.checkpoint_every")
+        _require(self.max_failures >= 0, f"{key}.max_failures", self.max_failures, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -285,11 +307,15 @@ class TrainConfig:
     """Sampling temperature of training reflections (1: the engine's log-probs are the policy's)."""
     top_p: float = 1.0
     """Nucleus mass of training reflections (1: unbiased log-probs)."""
+    promote_every: int = 5
+    """Iterations between promotion gates (train vs prod on the validation split); the last
+    iteration always runs the gate."""
 
     def validate(self, key: str) -> None:
         _require(self.group_size >= 2, f"{key}.group_size", self.group_size, "an integer >= 2")
         _positive(self.failed_trials_per_iteration, f"{key}.failed_trials_per_iteration")
         _positive(self.iterations, f"{key}.iterations")
+        _positive(self.promote_every, f"{key}.promote_every")
         _in_range(self.temperature, f"{key}.temperature", 1e-3, 10.0)
         _in_range(self.top_p, f"{key}.top_p", 1e-6, 1.0)
 

@@ -1,45 +1,78 @@
-"""``retro-ray demo``: the embedded default end to end.
+"""``retro-ray demo``: the embedded default end to end, on one machine.
 
-Today the embedded default runs the built-in environments through the real trial loop with the
-environments' scripted, reflection-following actor, and compares the reflectors that frame the
-method: none (ReAct), vague, the trajectory oracle and the ground-truth oracle. The tiny
-retrospective model and its training replace the scripted parts as they land.
+1. build the model zoo if missing (tokenizer, tiny actor, retrospective base);
+2. train: the Serve app serves the retrospective model, the rollout pool collects reflection groups
+   with the ``train`` adapter, the Ray Train learner updates and publishes each adapter, the Serve
+   app hot-swaps it, and the gate promotes ``prod`` (``configs/train.yaml``);
+3. evaluate on held-out test tasks, several seeds: ReAct, Reflexion (the untrained base),
+   Retroformer (the trained adapter), the trajectory and ground-truth oracles;
+4. print the table; everything is under the output directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
 from pathlib import Path
 
-from retro_ray.agents.build import config_for_agent
 from retro_ray.config import load_config
-from retro_ray.evaluate import evaluate, format_table
 
-BUILTIN_ENVS = ("lookup", "household", "shop")
-DEMO_AGENTS = ("react", "vague", "trajectory-oracle", "ground-truth-oracle")
+TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
 
 
-def run_demo(tasks: int, output_dir: Path) -> int:
+def run_demo(
+    tasks: int, output_dir: Path, seeds: int = 3, overrides: list[str] | None = None
+) -> int:
+    from retro_ray.driver.eval_table import agent_table, format_agent_table
+    from retro_ray.driver.train import run_train
+    from retro_ray.serve.registry import AdapterRegistry
+    from retro_ray.zoo.build import build_zoo
+
     start = time.monotonic()
-    for env_name in BUILTIN_ENVS:
-        rows = {}
-        for agent in DEMO_AGENTS:
-            cfg = load_config(
-                None,
-                [
-                    f"env.name={env_name}",
-                    f"env.num_tasks={tasks}",
-                    "actor.policy=scripted",
-                    "trials.max_trials=3",
-                ],
-            )
-            cfg = config_for_agent(cfg, agent)
-            out = output_dir / env_name / agent
-            rows[agent] = asyncio.run(
-                evaluate(cfg, out, label=f"{env_name} {agent}", show_progress=False)
-            )
-        print(f"\n{env_name}: cumulative success by trial ({tasks} test tasks, scripted actor)")
-        print(format_table(rows))
-    print(f"\ndemo finished in {time.monotonic() - start:.1f}s; results under {output_dir}/")
+    output_dir = output_dir.resolve()
+    zoo = build_zoo("default")
+    cfg = load_config(
+        TRAIN_CONFIG if TRAIN_CONFIG.exists() else None,
+        [
+            f"run.output_dir={output_dir}",
+            f"registry.root={output_dir / 'registry'}",
+            f"actor.model_dir={zoo.actor_dir}",
+            f"serve.model_dir={zoo.retrospective_dir}",
+            *(overrides or []),
+        ],
+    )
+    summary = run_train(cfg)
+    registry = AdapterRegistry(cfg.registry.root, zoo.retrospective_dir, cfg.registry.name)
+    aliases = registry.state().aliases
+    version = aliases.get("prod") or aliases.get("train", 0)
+    if not version:
+        print("error: training published no adapter", file=sys.stderr)
+        return 1
+    print(f"[demo] evaluating {registry.version_name(version)} on held-out tasks", file=sys.stderr)
+    table = asyncio.run(
+        agent_table(
+            zoo.actor_dir,
+            zoo.retrospective_dir,
+            registry.path(version),
+            (cfg.env.name,),
+            tasks,
+            cfg.trials.max_trials + 1,
+            tuple(range(seeds)),
+        )
+    )
+    table.update(
+        adapter=registry.version_name(version), train=summary, wall_time_s=time.monotonic() - start
+    )
+    (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
+    print(
+        f"\nRetroformer on {cfg.env.name}: cumulative success by trial "
+        f"({tasks} test tasks x {seeds} seeds; reflections sampled at temperature 1)"
+    )
+    print(format_agent_table(table))
+    print(
+        f"\ndemo finished in {table['wall_time_s'] / 60:.1f} min; "
+        f"table: {output_dir / 'eval.json'}; run: {summary['run_dir']}"
+    )
     return 0

@@ -42,6 +42,7 @@ async def evaluate(
     finished = [r for r in log.load() if r.task_id in wanted]
     done_ids = {r.task_id for r in finished}
     todo = [t for t in tasks if t.task_id not in done_ids]
+    owned = loop is None
     loop = loop or build_trial_loop(cfg)
     progress = Progress(len(tasks), label) if show_progress else None
     if progress is not None:
@@ -52,11 +53,23 @@ async def evaluate(
         if progress is not None:
             progress.update([result])
 
-    new = await loop.run_tasks(todo, cfg.trials.concurrency, on_result=record)
+    try:
+        new = await loop.run_tasks(todo, cfg.trials.concurrency, on_result=record)
+    finally:
+        if owned:  # close HTTP clients on this event loop, before asyncio.run closes it
+            await close_clients(loop)
     summary = summarize(finished + new, cfg.trials.max_trials)
     summary.update(env=cfg.env.name, split=cfg.env.split, resumed_tasks=len(finished))
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+async def close_clients(loop: TrialLoop) -> None:
+    """Close the LLM clients of a loop's actor and reflector (those that hold connections)."""
+    for part in (loop.actor, loop.reflector):
+        aclose = getattr(getattr(part, "client", None), "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 def run_evaluation(cfg: Config, out_dir: Path, label: str = "eval") -> dict[str, Any]:

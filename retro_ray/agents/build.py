@@ -61,6 +61,15 @@ def openai_client(endpoint: EndpointConfig) -> LLMClient:
     return OpenAIClient(endpoint)
 
 
+def actor_client(cfg: ActorConfig) -> LLMClient:
+    """The actor's LLM: a local model directory (torch backend, in this process) or the endpoint."""
+    if cfg.model_dir is None:
+        return openai_client(cfg.endpoint)
+    from retro_ray.llm.torch_backend import TorchBackend
+
+    return TorchBackend(cfg.model_dir, name="actor")
+
+
 def sampling_for(endpoint: EndpointConfig, stop: tuple[str, ...] = ()) -> SamplingParams:
     return SamplingParams(
         max_tokens=endpoint.max_tokens,
@@ -82,7 +91,7 @@ def build_actor(cfg: ActorConfig, env: object, client: LLMClient | None = None) 
     if cfg.few_shot and isinstance(env, BenchmarkEnv):
         few_shot = expert_demonstration(env)
     return LLMActor(
-        client or openai_client(cfg.endpoint),
+        client or actor_client(cfg),
         sampling_for(cfg.endpoint, stop=("\n",)),
         cfg.instruction,
         cfg.scratchpad_max_chars,

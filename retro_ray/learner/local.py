@@ -79,6 +79,15 @@ class LocalRetroformer:
 
     def learn(self, groups: Sequence[ReflectionGroup]) -> dict[str, float]:
         """Group baseline, then one policy-gradient update of the adapter."""
+        batch, stats = self.make_batch(groups)
+        metrics = self.policy.update(batch)
+        return {**stats, **metrics}
+
+    def make_batch(
+        self, groups: Sequence[ReflectionGroup]
+    ) -> tuple[ReflectionBatch, dict[str, float]]:
+        """The learner's batch (engine token ids, group-baseline advantages) and reward stats;
+        the distributed learner takes the same batch (``retro_ray.learner.online``)."""
         rewards = [r for g in groups for r in g.rewards]
         group_ids = [i for i, g in enumerate(groups) for _ in g.rewards]
         advantages, stats = compute_advantages(
@@ -97,8 +106,7 @@ class LocalRetroformer:
             rewards=rewards,
             old_logprobs=[lp for g in groups for lp in g.logprobs],
         )
-        metrics = self.policy.update(batch)
-        return {**stats, **metrics}
+        return batch, stats
 
     async def mean_rewards(self, failed: Sequence[FailedTrial], samples: int) -> list[float]:
         """Per failed trial, the mean reward of ``samples`` reflections from the current policy

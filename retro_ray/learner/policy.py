@@ -13,14 +13,35 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM
 
-from retro_ray.algo import ReflectionBatch, policy_loss, sequence_entropy, sequence_logprobs
+from retro_ray.algo import (
+    ReflectionBatch,
+    masked_mean,
+    normalizer_count,
+    policy_loss,
+    sequence_entropy,
+    sequence_logprobs,
+)
 from retro_ray.config import LearnerConfig
 from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.torch_decode import DecodedRow, Decoder
+
+_GLOBAL_SUMS = frozenset({"loss", "pg_loss"})
+"""Metrics that ``policy_loss`` divides by the step's normaliser: summed over micro-batches (and
+workers), not token-weighted like the per-token means."""
+
+
+class GradSync(Protocol):
+    """Data-parallel glue for :meth:`ReflectorPolicy.update` (``retro_ray.learner.distributed``
+    implements it over ``torch.distributed``): sums across workers, in place."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> None: ...
+
+    def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None: ...
 
 
 class ReflectorPolicy:
@@ -71,35 +92,61 @@ class ReflectorPolicy:
 
     # -- learning -------------------------------------------------------------------------------
 
-    def update(self, batch: ReflectionBatch) -> dict[str, float]:
+    def update(
+        self,
+        batch: ReflectionBatch,
+        *,
+        sync: GradSync | None = None,
+        recompute_old: bool = True,
+    ) -> dict[str, float]:
         """Optimizer step(s) on ``batch``: gradient accumulation over micro-batches, all normalised
-        by the whole batch's token count so the step equals the single-batch gradient."""
+        by the whole step's count so the step equals the single-batch gradient.
+
+        With ``sync`` the batch is this worker's shard of a global batch: the count is summed
+        over workers (the global normaliser) and so are the gradients, so every worker takes the
+        step one worker would take on the whole batch. ``recompute_old=False`` keeps the batch's
+        own old log-probs (offline: the behaviour policy's, for the importance ratio)."""
         batch.check_shapes()
         cfg = self.config
         start = time.monotonic()
-        # Old log-probs are recomputed under the current weights (the engine's, when present,
-        # only measure the sampler/learner mismatch); the reference once, before any step.
-        old = self.current_logprobs(batch)
+        # Old log-probs are the current weights' (the engine's, when present, only measure the
+        # sampler/learner mismatch); the reference once, before any step. With one pass over the
+        # batch the old log-probs equal the training forward's, detached (ratio exactly 1), so
+        # no extra forward pass is spent on them.
         metrics: dict[str, float] = {}
-        if batch.old_logprobs is not None:
-            mask = batch.loss_mask.bool()
-            gap = (batch.old_logprobs - old).abs()[mask]
-            metrics["engine_logprob_mismatch"] = float(gap.mean()) if gap.numel() else 0.0
+        old_from_forward = recompute_old and cfg.epochs_per_batch == 1
+        if old_from_forward:
+            old = batch.old_logprobs  # the engine's (or None): compared in the training forward
+        elif recompute_old or batch.old_logprobs is None:
+            old = self.current_logprobs(batch)
+            if batch.old_logprobs is not None:
+                mask = batch.loss_mask.bool()
+                gap = (batch.old_logprobs - old).abs()[mask]
+                metrics["engine_logprob_mismatch"] = float(gap.mean()) if gap.numel() else 0.0
+        else:
+            old = batch.old_logprobs
         ref = self.reference_logprobs(batch) if cfg.loss.kl_coef > 0 else None
         batch = replace(batch, old_logprobs=old, ref_logprobs=ref)
         n_micro = max(1, -(-batch.batch_size // cfg.micro_batch_size))
-        normalizer = float(batch.loss_mask.sum().clamp(min=1))
+        count = normalizer_count(batch.loss_mask, cfg.loss.agg_mode).detach().clone()
+        if sync is not None:
+            sync.all_reduce_sum(count)
+        normalizer = max(float(count), 1.0)
+        params = [p for p in self.model.parameters() if p.requires_grad]
         for _ in range(cfg.epochs_per_batch):
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
             for micro in batch.split(n_micro):
-                loss, m = self._micro_loss(micro, normalizer)
+                loss, m = self._micro_loss(micro, normalizer, old_from_forward)
                 loss.backward()
                 weight = micro.num_loss_tokens / normalizer
-                for key, value in m.items():
-                    totals[key] = totals.get(key, 0.0) + value * weight
-            params = [p for p in self.model.parameters() if p.requires_grad]
+                for key, value in m.items():  # loss terms are already over the global count
+                    w = 1.0 if key in _GLOBAL_SUMS else weight
+                    totals[key] = totals.get(key, 0.0) + value * w
+            if sync is not None:
+                sync.all_reduce_grads(params)
+                totals = _summed(totals, sync)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             self.optimizer.step()
             self.steps += 1
@@ -109,22 +156,29 @@ class ReflectorPolicy:
         return metrics
 
     def _micro_loss(
-        self, micro: ReflectionBatch, normalizer: float
+        self, micro: ReflectionBatch, normalizer: float, old_from_forward: bool = False
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config.loss
         logits = self.model(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits
         logprobs = sequence_logprobs(logits, micro.input_ids, micro.loss_mask)
         entropy = sequence_entropy(logits) if cfg.entropy_coef > 0 else None
-        return policy_loss(
+        old, extra = micro.old_logprobs, {}
+        if old_from_forward:
+            if old is not None:
+                gap = (old - logprobs.detach()).abs()
+                extra["engine_logprob_mismatch"] = masked_mean(gap, micro.loss_mask).item()
+            old = logprobs.detach()
+        loss, metrics = policy_loss(
             logprobs,
             micro.advantages,
             micro.loss_mask,
-            old_logprobs=micro.old_logprobs,
+            old_logprobs=old,
             ref_logprobs=micro.ref_logprobs,
             entropy=entropy,
             config=cfg,
             normalizer=normalizer,
         )
+        return loss, {**metrics, **extra}
 
     @torch.no_grad()
     def reference_logprobs(self, batch: ReflectionBatch) -> torch.Tensor:
@@ -147,3 +201,11 @@ class ReflectorPolicy:
         directory = Path(directory)
         self.model.save_pretrained(directory, safe_serialization=True)
         return directory
+
+
+def _summed(totals: dict[str, float], sync: GradSync) -> dict[str, float]:
+    """Token-weighted metric totals summed over workers (every worker has the same keys)."""
+    keys = sorted(totals)
+    values = torch.tensor([totals[k] for k in keys], dtype=torch.float64)
+    sync.all_reduce_sum(values)
+    return dict(zip(keys, values.tolist(), strict=True))

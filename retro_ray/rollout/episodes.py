@@ -25,7 +25,13 @@ from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from retro_ray.agents.build import AGENTS, build_trial_loop, config_for_agent, openai_client
+from retro_ray.agents.build import (
+    AGENTS,
+    build_trial_loop,
+    config_for_agent,
+    openai_client,
+)
+from retro_ray.agents.build import actor_client as build_actor_client
 from retro_ray.agents.reflectors import LLMReflector, Reflection, Reflector
 from retro_ray.agents.results import TrialRecord
 from retro_ray.aio import gather_all
@@ -106,7 +112,7 @@ class EpisodeRunner:
         self.cfg = cfg if mode == TRAIN_MODE else config_for_agent(cfg, mode)
         self.mode, self.run_id, self.log, self.observer = mode, run_id, log, observer
         if self.cfg.actor.policy == "llm":
-            actor_client = self._metered(actor_client or openai_client(cfg.actor.endpoint), "actor")
+            actor_client = self._metered(actor_client or build_actor_client(cfg.actor), "actor")
         if self.cfg.reflector.kind == "llm":
             reflector_client = self._metered(
                 reflector_client or openai_client(self.cfg.reflector.endpoint), "reflector"

@@ -1,0 +1,1 @@
+"""The single-controller driver loops (``retro-ray train``)."""
