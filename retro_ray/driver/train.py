@@ -93,6 +93,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
 
     from retro_ray.learner.distributed import DistributedLearner
     from retro_ray.learner.experience_batch import batch_from_groups, reflection_groups
+    from retro_ray.learner.metrics import LearnerGauges
     from retro_ray.learner.train_loop import RegistryTarget
     from retro_ray.rollout.pool import RolloutPool
     from retro_ray.serve import launch
@@ -112,6 +113,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
     metrics_path = run_dir / "metrics.jsonl"
     log(f"serving the retrospective model ({cfg.serve.backend} backend)")
     app = launch.start(cfg)
+    gauges = LearnerGauges(cfg.run.name)
     history: list[dict[str, Any]] = []
     try:
         collect_cfg = with_reflector_endpoint(cfg, app.url)
@@ -146,13 +148,14 @@ def run_train(cfg: Config) -> dict[str, Any]:
                         cfg.learner.advantage_estimator,
                         cfg.learner.normalize_std,
                     )
-                    seq = learner.submit(batch, collected_step=it)
+                    seq = learner.submit(batch, collected_step=it, info=stats)
                     learner.wait_applied(seq + 1)
                     version = app.registry.state().aliases.get("train", 0)
                     record.update(
                         stats, version=version, swap_s=wait_until_served(app.controller, version)
                     )
                     for step_metrics in learner.metrics(since=seq)[-1:]:
+                        gauges.set({**step_metrics, "adapter_version": version})
                         record.update({f"learner_{k}": v for k, v in step_metrics.items()})
                 record["success_rate"] = report.success_rate
                 record["seconds"] = time.monotonic() - t0

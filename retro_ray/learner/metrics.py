@@ -17,7 +17,19 @@ from typing import Any
 
 from retro_ray.learner.queue import QueuedBatch
 
-EXPORTED = ("loss", "reward_mean", "zero_signal_group_share", "grad_norm", "tokens_per_s")
+EXPORTED = {
+    # Prometheus gauge name (after ``retro_ray_learner_``) -> key of the batch metrics.
+    "loss": "loss",
+    "kl": "kl_ref",
+    "reward_mean": "reward_mean",
+    "zero_signal_groups": "zero_signal_group_share",
+    "grad_norm": "grad_norm",
+    "clip_fraction": "clip_frac",
+    "staleness": "staleness",
+    "tokens_per_s": "tokens_per_s",
+    "adapter_version": "adapter_version",
+}
+"""What the Grafana dashboard's learner panels query (``dashboards/grafana_retro_ray.json``)."""
 
 
 def batch_metrics(
@@ -38,18 +50,25 @@ def batch_metrics(
 
 
 class LearnerGauges:
-    """Prometheus gauges (``ray.util.metrics``) of the latest batch, set from the driver."""
+    """Prometheus gauges (``ray.util.metrics``) of the latest batch, set from the driver, and a
+    counter of applied updates (``retro_ray_learner_updates_total``)."""
 
     def __init__(self, run: str) -> None:
-        from ray.util.metrics import Gauge
+        from ray.util.metrics import Counter, Gauge
 
         self.run = run
         self.gauges: dict[str, Any] = {
             name: Gauge(f"retro_ray_learner_{name}", f"learner {name}", tag_keys=("run",))
             for name in EXPORTED
         }
+        self.updates = Counter(
+            "retro_ray_learner_updates", "learner updates applied", tag_keys=("run",)
+        )
 
     def set(self, metrics: dict[str, float]) -> None:
-        for name, gauge in self.gauges.items():
-            if name in metrics:
-                gauge.set(metrics[name], tags={"run": self.run})
+        """Export one applied batch's metrics (missing keys are left as they were)."""
+        tags = {"run": self.run}
+        for name, key in EXPORTED.items():
+            if key in metrics:
+                self.gauges[name].set(float(metrics[key]), tags=tags)
+        self.updates.inc(1.0, tags=tags)

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from retro_ray.algo import (
     ReflectionBatch,
+    entropy_from_logits,
     masked_mean,
     normalizer_count,
     policy_loss,
-    sequence_entropy,
-    sequence_logprobs,
+    token_logprobs,
 )
 from retro_ray.config import LearnerConfig
 from retro_ray.llm.base import SamplingParams
@@ -125,7 +126,9 @@ class ReflectorPolicy:
                 metrics["engine_logprob_mismatch"] = float(gap.mean()) if gap.numel() else 0.0
         else:
             old = batch.old_logprobs
-        ref = self.reference_logprobs(batch) if cfg.loss.kl_coef > 0 else None
+        # The reference is computed even without a KL penalty: KL to the base is the first thing
+        # to watch when the adapter drifts (one no-grad forward pass).
+        ref = self.reference_logprobs(batch)
         batch = replace(batch, old_logprobs=old, ref_logprobs=ref)
         n_micro = max(1, -(-batch.batch_size // cfg.micro_batch_size))
         count = normalizer_count(batch.loss_mask, cfg.loss.agg_mode).detach().clone()
@@ -159,9 +162,7 @@ class ReflectorPolicy:
         self, micro: ReflectionBatch, normalizer: float, old_from_forward: bool = False
     ) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.config.loss
-        logits = self.model(input_ids=micro.input_ids, attention_mask=micro.attention_mask).logits
-        logprobs = sequence_logprobs(logits, micro.input_ids, micro.loss_mask)
-        entropy = sequence_entropy(logits) if cfg.entropy_coef > 0 else None
+        logprobs, entropy = self._forward(micro, with_entropy=cfg.entropy_coef > 0)
         old, extra = micro.old_logprobs, {}
         if old_from_forward:
             if old is not None:
@@ -184,17 +185,33 @@ class ReflectorPolicy:
     def reference_logprobs(self, batch: ReflectionBatch) -> torch.Tensor:
         """(B, T) log-probs under the reference policy: the base model, adapter disabled."""
         with self.model.disable_adapter():
-            logits = self.model(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask
-            ).logits
-        return sequence_logprobs(logits, batch.input_ids, batch.loss_mask)
+            return self._forward(batch)[0]
 
     @torch.no_grad()
     def current_logprobs(self, batch: ReflectionBatch) -> torch.Tensor:
         """(B, T) log-probs under the current weights (the learner's own old log-probs)."""
         self.model.eval()
-        logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-        return sequence_logprobs(logits, batch.input_ids, batch.loss_mask)
+        return self._forward(batch)[0]
+
+    def _forward(
+        self, batch: ReflectionBatch, with_entropy: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T) log-probs aligned with ``input_ids`` (and entropies), computing logits only from
+        the first loss token's predecessor on (``logits_to_keep``): the prompt, usually most of
+        the row, needs no (T, V) logits. Same values as ``sequence_logprobs`` on full logits."""
+        t = batch.input_ids.shape[1]
+        cols = batch.loss_mask.any(0).nonzero()
+        first = int(cols[0]) if cols.numel() else t - 1  # column 0 is never a loss token
+        keep = t - first + 1
+        logits = self.model(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, logits_to_keep=keep
+        ).logits  # (B, keep, V): positions first-1 .. T-1
+        logprobs = F.pad(
+            token_logprobs(logits[:, :-1], batch.input_ids[:, first:], batch.loss_mask[:, first:]),
+            (first, 0),
+        )
+        entropy = F.pad(entropy_from_logits(logits[:, :-1]), (first, 0)) if with_entropy else None
+        return logprobs, entropy
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the LoRA adapter (peft format, safetensors)."""
