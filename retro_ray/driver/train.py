@@ -92,8 +92,8 @@ def run_train(cfg: Config) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from retro_ray.learner.distributed import DistributedLearner
-    from retro_ray.learner.experience_batch import batch_from_groups, reflection_groups
     from retro_ray.learner.metrics import LearnerGauges
+    from retro_ray.learner.offline import group_batch, load_groups
     from retro_ray.learner.train_loop import RegistryTarget
     from retro_ray.rollout.pool import RolloutPool
     from retro_ray.serve import launch
@@ -134,19 +134,19 @@ def run_train(cfg: Config) -> dict[str, Any]:
                 chunk = tasks[it * per_iteration : (it + 1) * per_iteration]
                 t0 = time.monotonic()
                 report = pool.collect(chunk, iteration=it)
-                groups = reflection_groups(pool.log.read(cfg.run.name, it))
+                groups = load_groups(pool.log.read(cfg.run.name, it))
                 record: dict[str, Any] = {
                     "iteration": it,
                     "groups": len(groups),
                     "collect_s": time.monotonic() - t0,
                 }
                 if groups and it >= applied:
-                    batch, stats = batch_from_groups(
+                    batch, stats = group_batch(
                         groups,
-                        lambda text: tokenizer(text)["input_ids"],
+                        tokenizer,
                         tokenizer.pad_token_id,
-                        cfg.learner.advantage_estimator,
-                        cfg.learner.normalize_std,
+                        cfg.learner,
+                        loss_name=cfg.learner.loss.name,
                     )
                     seq = learner.submit(batch, collected_step=it, info=stats)
                     learner.wait_applied(seq + 1)
@@ -154,7 +154,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
                     record.update(
                         stats, version=version, swap_s=wait_until_served(app.controller, version)
                     )
-                    for step_metrics in learner.metrics(since=seq)[-1:]:
+                    for step_metrics in learner.metrics()[-1:]:  # the batch just applied
                         gauges.set({**step_metrics, "adapter_version": version})
                         record.update({f"learner_{k}": v for k, v in step_metrics.items()})
                 record["success_rate"] = report.success_rate

@@ -122,37 +122,57 @@ def offline_batches(
     re-tokenised from their text (foreign logs only)."""
     order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
-    batches = []
-    for start in range(0, len(order), groups_per_batch):
-        chunk = [groups[i] for i in order[start : start + groups_per_batch]]
-        rewards = torch.tensor([r for g in chunk for r in g.rewards])
-        group_ids = torch.tensor([i for i, g in enumerate(chunk) for _ in g.rewards])
-        advantages, _ = compute_advantages(
-            config.advantage_estimator, rewards, group_ids, normalize_std=config.normalize_std
-        )
-        prompt_ids, reflection_ids, logprobs = [], [], []
-        for g in chunk:
-            p = tokenizer(g.prompt)["input_ids"]
-            for i, text in enumerate(g.reflections):
-                prompt_ids.append(p)
-                if g.token_ids is not None:
-                    reflection_ids.append(g.token_ids[i])
-                else:  # foreign log: the text is all there is
-                    reflection_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-                if g.logprobs is not None:
-                    logprobs.append(g.logprobs[i])
-        batches.append(
-            ReflectionBatch.from_token_lists(
-                prompt_ids,
-                reflection_ids,
-                advantages,
-                group_ids,
-                pad_id=pad_id,
-                rewards=rewards,
-                old_logprobs=logprobs if loss_name == "ppo_clip" else None,
-            )
-        )
-    return batches
+    return [
+        group_batch(
+            [groups[i] for i in order[start : start + groups_per_batch]],
+            tokenizer,
+            pad_id,
+            config,
+            loss_name=loss_name,
+        )[0]
+        for start in range(0, len(order), groups_per_batch)
+    ]
+
+
+def group_batch(
+    chunk: Sequence[OfflineGroup],
+    tokenizer: Any,
+    pad_id: int,
+    config: LearnerConfig,
+    *,
+    loss_name: str,
+) -> tuple[ReflectionBatch, dict[str, float]]:
+    """One batch of whole groups (advantages by the group baseline) and the advantage stats. With
+    ``rwr`` the behaviour log-probs are left out; rows without engine ids are re-tokenised from
+    their text (foreign logs only)."""
+    if not chunk:
+        raise ValueError("no reflection groups: nothing to learn from")
+    rewards = torch.tensor([r for g in chunk for r in g.rewards])
+    group_ids = torch.tensor([i for i, g in enumerate(chunk) for _ in g.rewards])
+    advantages, stats = compute_advantages(
+        config.advantage_estimator, rewards, group_ids, normalize_std=config.normalize_std
+    )
+    prompt_ids, reflection_ids, logprobs = [], [], []
+    for g in chunk:
+        p = tokenizer(g.prompt)["input_ids"]
+        for i, text in enumerate(g.reflections):
+            prompt_ids.append(p)
+            if g.token_ids is not None:
+                reflection_ids.append(g.token_ids[i])
+            else:  # foreign log: the text is all there is
+                reflection_ids.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if g.logprobs is not None:
+                logprobs.append(g.logprobs[i])
+    batch = ReflectionBatch.from_token_lists(
+        prompt_ids,
+        reflection_ids,
+        advantages,
+        group_ids,
+        pad_id=pad_id,
+        rewards=rewards,
+        old_logprobs=logprobs if loss_name == "ppo_clip" and logprobs else None,
+    )
+    return batch, stats
 
 
 def train_offline(

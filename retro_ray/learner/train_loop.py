@@ -12,13 +12,13 @@ normaliser would have to be ``Z / W``; a manual reduction over the few LoRA tens
 needs no wrapper around the peft model.) gloo on CPU, NCCL and bf16 autocast on GPU.
 
 Per batch: update, then the metrics to the queue actor (``ray.train.report`` only every
-``REPORT_EVERY`` batches, see there). Every ``checkpoint_every`` batches rank 0 writes a checkpoint (adapter, optimizer, cursor) into the
-learner's :class:`~retro_ray.learner.checkpoint.CheckpointStore`, then publishes the adapter to the
-registry as the ``train`` alias (so every served adapter is durable), then acknowledges the cursor
-to the queue. A crashed worker makes Ray Train restart the group (``FailureConfig``); the new
-workers restore the store's latest checkpoint (rank 0 picks it, all load the same) and ask the
-queue for the batch at its cursor, which is still queued because only checkpointed batches are
-acknowledged.
+``REPORT_EVERY`` batches, see there). Every ``checkpoint_every`` batches rank 0 writes a checkpoint
+(adapter, optimizer, cursor) into the learner's
+:class:`~retro_ray.learner.checkpoint.CheckpointStore`, then publishes the adapter to the registry
+as the ``train`` alias (so every served adapter is durable), then acknowledges the cursor to the
+queue. A crashed worker makes Ray Train restart the group (``FailureConfig``); the new workers
+restore the store's latest checkpoint (rank 0 picks it, all load the same) and ask the queue for
+the batch at its cursor, which is still queued because only checkpointed batches are acknowledged.
 """
 
 from __future__ import annotations
