@@ -41,6 +41,7 @@ def build(args: dict[str, Any]) -> Any:
     from retro_ray.serve.launch import (
         NAMESPACE,
         ControllerService,
+        deployment_options,
         replica_settings,
         resolve_model_dir,
     )
@@ -61,23 +62,5 @@ def build(args: dict[str, Any]) -> Any:
         .remote(settings.registry_root, str(model_dir), cfg.registry.name, s.model_name, s)
     )
     ray.get(controller.start.remote())
-    actor_options: dict[str, Any] = {
-        "num_cpus": s.replica_cpus,
-        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(s.cpu_threads)}},
-    }
-    if parsed.replica_gpus:
-        actor_options["num_gpus"] = parsed.replica_gpus
-    options: dict[str, Any] = {
-        "name": f"{s.app_name}-server",
-        "max_ongoing_requests": s.max_ongoing_requests,
-        "ray_actor_options": actor_options,
-    }
-    if s.autoscaling:
-        options["autoscaling_config"] = {
-            "min_replicas": s.min_replicas,
-            "max_replicas": s.max_replicas,
-            "target_ongoing_requests": s.target_ongoing_requests,
-        }
-    else:
-        options["num_replicas"] = s.num_replicas
+    options = deployment_options(s, parsed.replica_gpus or 0.0)
     return RetroServer.options(**options).bind(settings)

@@ -141,13 +141,26 @@ def start(cfg: Config) -> RunningApp:
     )
     ray.get(controller.start.remote())
     serve.start(http_options={"host": s.host, "port": s.port})
+    options = deployment_options(s)
+    app = RetroServer.options(**options).bind(settings)
+    serve.run(app, name=s.app_name, route_prefix=s.route_prefix, blocking=False)
+    prefix = s.route_prefix.rstrip("/")
+    url = f"http://{s.host}:{s.port}{prefix}/v1"
+    return RunningApp(s.app_name, url, controller, registry)
+
+
+def deployment_options(s: ServeConfig, replica_gpus: float = 0.0) -> dict[str, Any]:
+    """Serve deployment options of the replicas: resources, threads, replicas or autoscaling."""
+    actor_options: dict[str, Any] = {
+        "num_cpus": s.replica_cpus,
+        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(s.cpu_threads)}},
+    }
+    if replica_gpus:
+        actor_options["num_gpus"] = replica_gpus
     options: dict[str, Any] = {
         "name": f"{s.app_name}-server",
         "max_ongoing_requests": s.max_ongoing_requests,
-        "ray_actor_options": {
-            "num_cpus": s.replica_cpus,
-            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(s.cpu_threads)}},
-        },
+        "ray_actor_options": actor_options,
     }
     if s.autoscaling:
         options["autoscaling_config"] = {
@@ -157,11 +170,7 @@ def start(cfg: Config) -> RunningApp:
         }
     else:
         options["num_replicas"] = s.num_replicas
-    app = RetroServer.options(**options).bind(settings)
-    serve.run(app, name=s.app_name, route_prefix=s.route_prefix, blocking=False)
-    prefix = s.route_prefix.rstrip("/")
-    url = f"http://{s.host}:{s.port}{prefix}/v1"
-    return RunningApp(s.app_name, url, controller, registry)
+    return options
 
 
 def stop(app: RunningApp) -> None:
