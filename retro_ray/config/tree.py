@@ -1,0 +1,46 @@
+"""The root of the configuration tree."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from retro_ray.config.agent import (
+    ActorConfig,
+    EnvConfig,
+    ReflectorConfig,
+    RunConfig,
+    TrialsConfig,
+)
+from retro_ray.config.serving import RegistryConfig, ServeConfig
+from retro_ray.config.training import LearnerConfig, RolloutConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """The root of the tree."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    reflector: ReflectorConfig = field(default_factory=ReflectorConfig)
+    trials: TrialsConfig = field(default_factory=TrialsConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+
+    def validate(self) -> Config:
+        """Check every value; raise ConfigError naming the first bad key. Returns self."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name).validate(f.name)
+        from retro_ray.envs.registry import validate_env_config
+
+        validate_env_config(self.env)
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
