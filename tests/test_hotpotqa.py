@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from retro_ray.cli import EXIT_CONFIG, main
-from retro_ray.envs.base import Step, Task, Trajectory, split_of
+from retro_ray.envs.base import Task, split_of
 from retro_ray.envs.benchmarks.hotpotqa import (
     HotpotQAEnv,
     HotpotQAOptions,
@@ -24,6 +24,7 @@ from retro_ray.envs.benchmarks.hotpotqa import (
 )
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQADataError, default_data_path
 from retro_ray.envs.registry import make_env
+from tests.support.episodes import play
 
 DATA = default_data_path().parent
 REFLEXION = DATA / "reflexion_distractor_100.json"
@@ -44,17 +45,6 @@ OFFICIAL = [
         ],
     }
 ]
-
-
-def play(env: HotpotQAEnv, task: Task, actions: list[str]) -> Trajectory:
-    trajectory = Trajectory(task=task, trial=0, first_observation=env.reset(task))
-    for action in actions:
-        result = env.step(action)
-        trajectory.steps.append(Step(action, result.observation, result.reward))
-        if result.done:
-            break
-    trajectory.won, trajectory.score, trajectory.done = env.won, env.score, env.done
-    return trajectory
 
 
 def run_policy(env: HotpotQAEnv, tasks: list[Task], policy) -> tuple[float, float]:

@@ -7,7 +7,6 @@ by PID, never with ``ray stop`` (which would kill other tests' clusters on the m
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -123,25 +122,12 @@ def test_two_point_sweep_job(head: LocalHead, tmp_path: Path) -> None:
     assert "| seeds-000 |" in md and "Mean and std over seeds" in md
 
 
-def _has_train_command() -> bool:
-    done = subprocess.run(
-        [sys.executable, "-m", "retro_ray.cli", "train", "--help"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    return done.returncode == 0
-
-
 TRAIN_TINY = REPO / "configs" / "train_tiny.yaml"
 
 
 @pytest.mark.skipif(not TRAIN_TINY.exists(), reason="configs/train_tiny.yaml not written yet")
 def test_tiny_train_job(head: LocalHead, tmp_path: Path) -> None:
     """``jobs/train.py`` runs ``retro-ray train`` against the job's cluster."""
-    if not _has_train_command():
-        pytest.skip("retro-ray train is not available yet")
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(head.dashboard_url)

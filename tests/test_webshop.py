@@ -11,10 +11,11 @@ from collections.abc import Iterator
 import pytest
 
 from retro_ray.cli import EXIT_ENDPOINT, main
-from retro_ray.envs.base import Step, Task, Trajectory
+from retro_ray.envs.base import Task
 from retro_ray.envs.benchmarks.webshop import WebShopEnv, WebShopOptions
 from retro_ray.envs.benchmarks.webshop_site import WebShopServerError, parse_page
 from retro_ray.envs.registry import make_env
+from tests.support.episodes import play
 from tests.support.webshop_server import WebShopTestServer, done_page
 
 
@@ -31,17 +32,6 @@ def env(server: WebShopTestServer) -> WebShopEnv:
 
 def goal(index: int) -> Task:
     return Task("webshop", f"fixed_{index}", "test", {"goal": index})
-
-
-def play(env: WebShopEnv, task: Task, actions: list[str]) -> Trajectory:
-    trajectory = Trajectory(task=task, trial=0, first_observation=env.reset(task))
-    for action in actions:
-        result = env.step(action)
-        trajectory.steps.append(Step(action, result.observation, result.reward))
-        if result.done:
-            break
-    trajectory.won, trajectory.score, trajectory.done = env.won, env.score, env.done
-    return trajectory
 
 
 def closed_port_url() -> str:
