@@ -4,9 +4,10 @@
         python jobs/eval.py --config configs/builtin_scripted.yaml \\
             --agent react --agent trajectory-oracle --set run.output_dir=/shared/runs
 
-Each agent runs ``retro-ray eval`` in this driver (resumable: a rerun skips finished tasks); the
-summaries are gathered into ``<run dir>/eval-table.parquet`` and ``eval-table.md`` (or
-``--table-dir``), and the Markdown is printed to the job's log.
+The driver runs ``retro-ray eval`` once for every agent and seed, its episodes on the cluster's
+rollout pool (``--executor ray``; resumable: a rerun skips finished tasks); one row per agent goes
+to ``<run dir>/eval-table.parquet`` and ``eval-table.md`` (or ``--table-dir``), and the Markdown
+is printed to the job's log.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ if __package__ in (None, ""):  # run as a script: make ``jobs`` and ``retro_ray`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.common import config_args, run_cli, set_args
-from jobs.table import summary_metrics, write_table
+from jobs.table import agent_rows, write_table
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -30,7 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--agent",
         action="append",
         default=[],
-        help="agent to evaluate (react, reflexion, retroformer, ...); repeatable; default reflexion",
+        help="agent to evaluate (react, reflexion, retroformer, ...); repeatable; default: all "
+        "five of the table",
+    )
+    parser.add_argument("--seeds", type=int, default=1, help="evaluation seeds")
+    parser.add_argument(
+        "--executor", choices=["local", "ray"], default="ray", help="ray: the rollout pool"
     )
     parser.add_argument(
         "--table-dir", default=None, help="where the table goes (default: the run directory)"
@@ -44,19 +50,18 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = load_config(args.config, args.set)  # fail fast, before any agent runs
     table_dir = Path(args.table_dir) if args.table_dir else cfg.run_dir
-    rows = []
-    for agent in args.agent or ["reflexion"]:
-        summary_path = cfg.run_dir / f"eval-{agent}" / "summary-job.json"
-        summary_path.parent.mkdir(parents=True, exist_ok=True)
-        cli_args = ["--config", args.config] if args.config else []
-        run_cli(
-            ["eval", *cli_args, *set_args(args.set), "--agent", agent, "--json", str(summary_path)]
-        )
-        summary = json.loads(summary_path.read_text())
-        rows.append(
-            {"run": cfg.run.name, "agent": agent, "status": "ok", **summary_metrics(summary)}
-        )
-    parquet, md = write_table(rows, table_dir, "eval-table", f"Evaluation: {cfg.run.name}")
+    table_path = cfg.run_dir / "eval" / "table-job.json"
+    table_path.parent.mkdir(parents=True, exist_ok=True)
+    cli_args = ["--config", args.config] if args.config else []
+    for agent in args.agent:
+        cli_args += ["--agent", agent]
+    cli_args += ["--seeds", str(args.seeds), "--executor", args.executor]
+    run_cli(["eval", *cli_args, *set_args(args.set), "--json", str(table_path)])
+    table = json.loads(table_path.read_text())
+    rows = [{"run": cfg.run.name, "status": "ok", **row} for row in agent_rows(table)]
+    gap = table.get("gap_closed")
+    extra = f"\ngap closed (Reflexion -> trajectory oracle): {gap:.2f}\n" if gap is not None else ""
+    parquet, md = write_table(rows, table_dir, "eval-table", f"Evaluation: {cfg.run.name}", extra)
     print(md.read_text())
     print(json.dumps({"parquet": str(parquet), "markdown": str(md)}))
     return 0

@@ -46,6 +46,11 @@ def summary_metrics(summary: Mapping[str, Any]) -> Row:
 _SKIP = {"success_by_trial", "mean_return_by_trial"}
 
 
+def agent_rows(table: Mapping[str, Any]) -> list[Row]:
+    """One flat row per agent of a ``retro-ray eval --json`` table."""
+    return [{"agent": agent, **summary_metrics(row)} for agent, row in table["agents"].items()]
+
+
 def columns(rows: Sequence[Row]) -> list[str]:
     """The union of the rows' keys, in first-seen order."""
     seen: dict[str, None] = {}

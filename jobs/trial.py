@@ -82,6 +82,9 @@ def run_point(config: dict[str, Any], spec: SweepSpec) -> None:
             run_cli(argv)
         except SystemExit as exc:  # a trial error for Tune, not an interpreter exit
             raise RuntimeError(f"retro-ray {spec.command} exited with {exc.code}") from None
-    metrics = summary_metrics(json.loads(summary_path.read_text()))
+    summary = json.loads(summary_path.read_text())
+    if spec.command == "eval":  # a table of one agent
+        summary = summary["agents"][spec.agent]
+    metrics = summary_metrics(summary)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     tune.report({**numeric, "summary_json": json.dumps(metrics)})

@@ -60,12 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     play.add_argument("--json", action="store_true", help="print one JSON object")
     play.set_defaults(handler=_env_play)
 
-    ev = sub.add_parser("eval", help="cumulative success per trial of one agent")
+    ev = sub.add_parser(
+        "eval", help="the evaluation table: cumulative success by trial per agent, several seeds"
+    )
     _add_config_args(ev)
     from retro_ray.agents.build import AGENTS
+    from retro_ray.driver.eval_table import TABLE_AGENTS
 
-    ev.add_argument("--agent", choices=AGENTS, default="reflexion")
-    ev.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
+    ev.add_argument(
+        "--run",
+        default=None,
+        metavar="RUN_DIR",
+        help="evaluate a training run: its config, models and prod adapter (instead of --config)",
+    )
+    ev.add_argument(
+        "--agent",
+        action="append",
+        choices=AGENTS,
+        default=None,
+        help=f"agent to evaluate; repeatable (default: {', '.join(TABLE_AGENTS)})",
+    )
+    ev.add_argument("--seeds", type=int, default=1, help="evaluation seeds (test-task draws)")
+    ev.add_argument("--tasks", type=int, default=None, help="test tasks per seed (env.num_tasks)")
+    ev.add_argument("--trials", type=int, default=None, help="trials per task (trials.max_trials)")
+    ev.add_argument("--executor", choices=["local", "ray"], default="local")
+    ev.add_argument("--out", default=None, help="output directory (default: <run dir>/eval)")
+    ev.add_argument("--json", default=None, metavar="PATH", help="write the table ('-': stdout)")
     ev.set_defaults(handler=_eval)
 
     tr = sub.add_parser("train", help="the Retroformer training loop (collect, learn, publish)")
@@ -214,17 +234,31 @@ def _env_play(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from retro_ray.agents.build import config_for_agent
-    from retro_ray.evaluate import format_table, run_evaluation
+    from retro_ray.driver import evaluation
+    from retro_ray.driver.eval_table import TABLE_AGENTS, format_agent_table
 
-    cfg = config_for_agent(load_config(args.config, args.set), args.agent)
-    out = cfg.run_dir / f"eval-{args.agent}"
-    out.mkdir(parents=True, exist_ok=True)
-    summary = run_evaluation(cfg, out, label=args.agent)
-    summary["agent"] = args.agent
-    print(format_table({args.agent: summary}))
-    print(f"results: {out}/results.jsonl")
-    _emit_json(summary, args.json)
+    agents = args.agent or list(TABLE_AGENTS)
+    overrides = list(args.set)
+    if args.tasks is not None:
+        overrides.append(f"env.num_tasks={args.tasks}")
+    if args.trials is not None:
+        overrides.append(f"trials.max_trials={args.trials}")
+    out = Path(args.out) if args.out else None
+    if args.run:
+        if args.config or args.executor != "local":
+            raise ValueError(
+                "--run evaluates a run's local models in this process: drop --config and "
+                "--executor (use --config with endpoint models for the ray executor)"
+            )
+        table = evaluation.evaluate_run(Path(args.run), agents, args.seeds, overrides, out)
+    else:
+        cfg = load_config(args.config, overrides)
+        seeds = evaluation.evaluation_seeds(cfg, args.seeds)
+        out = out or cfg.run_dir / "eval"
+        table = evaluation.evaluate_agents(cfg, agents, seeds, out, executor=args.executor)
+    print(format_agent_table(table))
+    print(f"table: {Path(table['log']).parent / 'table.json'}; episodes: {table['log']}")
+    _emit_json(table, args.json)
     return 0
 
 

@@ -11,9 +11,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -25,9 +23,9 @@ TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
 def run_demo(
     tasks: int, output_dir: Path, seeds: int = 3, overrides: list[str] | None = None
 ) -> int:
-    from retro_ray.driver.eval_table import agent_table, format_agent_table
+    from retro_ray.driver.eval_table import TABLE_AGENTS, format_agent_table
+    from retro_ray.driver.evaluation import evaluate_run
     from retro_ray.driver.train import run_train
-    from retro_ray.serve.registry import AdapterRegistry
     from retro_ray.zoo.build import build_zoo
 
     start = time.monotonic()
@@ -44,35 +42,24 @@ def run_demo(
         ],
     )
     summary = run_train(cfg)
-    registry = AdapterRegistry(cfg.registry.root, zoo.retrospective_dir, cfg.registry.name)
-    aliases = registry.state().aliases
-    version = aliases.get("prod") or aliases.get("train", 0)
-    if not version:
-        print("error: training published no adapter", file=sys.stderr)
-        return 1
-    print(f"[demo] evaluating {registry.version_name(version)} on held-out tasks", file=sys.stderr)
-    table = asyncio.run(
-        agent_table(
-            zoo.actor_dir,
-            zoo.retrospective_dir,
-            registry.path(version),
-            (cfg.env.name,),
-            tasks,
-            cfg.trials.max_trials + 1,
-            tuple(range(seeds)),
-        )
+    run_dir = Path(summary["run_dir"])
+    eval_trials = cfg.trials.max_trials + 1  # one trial more than training looked ahead
+    table = evaluate_run(
+        run_dir,
+        TABLE_AGENTS,
+        seeds,
+        [f"env.num_tasks={tasks}", f"trials.max_trials={eval_trials}"],
     )
-    table.update(
-        adapter=registry.version_name(version), train=summary, wall_time_s=time.monotonic() - start
-    )
+    table.update(train=summary, wall_time_s=time.monotonic() - start)
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
     print(
-        f"\nRetroformer on {cfg.env.name}: cumulative success by trial "
-        f"({tasks} test tasks x {seeds} seeds; reflections sampled at temperature 1)"
+        f"\nRetroformer ({table['adapter']}) on {cfg.env.name}: cumulative success by trial "
+        f"({tasks} test tasks x {seeds} seeds; reflections sampled at temperature "
+        f"{cfg.reflector.endpoint.temperature:g})"
     )
     print(format_agent_table(table))
     print(
         f"\ndemo finished in {table['wall_time_s'] / 60:.1f} min; "
-        f"table: {output_dir / 'eval.json'}; run: {summary['run_dir']}"
+        f"table: {output_dir / 'eval.json'}; run: {run_dir}"
     )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -39,28 +40,50 @@ def test_bad_config_key_is_a_clear_error(capsys) -> None:
     assert "trials.memory" in err and "memory_size" in err
 
 
-def test_eval_with_oracle_reflector(capsys, tmp_path) -> None:
-    code = main(
-        [
-            "eval",
-            "--agent",
-            "trajectory-oracle",
-            "--json",
-            "-",
-            "--set",
-            "actor.policy=scripted",
-            "--set",
-            "env.num_tasks=10",
-            "--set",
-            "trials.max_trials=3",
-            "--set",
-            f"run.output_dir={tmp_path}",
-        ]
-    )
-    assert code == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert summary["agent"] == "trajectory-oracle" and len(summary["success_by_trial"]) == 3
-    assert (tmp_path / "run/eval-trajectory-oracle/results.jsonl").exists()
+def test_eval_table_over_agents_and_seeds_resumes_from_the_log(capsys, tmp_path) -> None:
+    argv = [
+        "eval",
+        "--agent",
+        "react",
+        "--agent",
+        "trajectory-oracle",
+        "--seeds",
+        "2",
+        "--tasks",
+        "10",
+        "--trials",
+        "3",
+        "--json",
+        "-",
+        "--set",
+        "actor.policy=scripted",
+        "--set",
+        f"run.output_dir={tmp_path}",
+    ]
+    assert main(argv) == 0
+    table = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(table["agents"]) == ["react", "trajectory-oracle"] and table["seeds"] == [0, 1]
+    for row in table["agents"].values():
+        curve = row["success_by_trial"]
+        assert len(curve) == 3 and curve == sorted(curve) and row["tasks"] == 20
+        finals = list(row["per_seed"].values())
+        assert row["spread"] == pytest.approx(statistics.pstdev(finals))
+    oracle, react = table["agents"]["trajectory-oracle"], table["agents"]["react"]
+    assert oracle["success_by_trial"][-1] > react["success_by_trial"][-1]
+    assert table["gap_closed"] is None  # no Reflexion / Retroformer rows to compare
+    log = tmp_path / "run/eval/experience"
+    files = sorted(log.glob("run=eval-*/iteration=*/part-*.parquet"))
+    assert len(files) == 40  # 2 agents x 2 seeds x 10 tasks, one file per episode
+
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    assert main(argv) == 0  # a rerun plays nothing and prints the same table
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["agents"] == table["agents"]
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_eval_run_must_be_a_training_run(capsys, tmp_path) -> None:
+    assert main(["eval", "--run", str(tmp_path)]) == EXIT_CONFIG
+    assert "no config.json" in capsys.readouterr().err
 
 
 def test_env_list(capsys) -> None:

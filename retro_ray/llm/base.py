@@ -3,6 +3,7 @@ engines, a scripted test responder) answers ``await client.generate(prompts, sam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -56,6 +57,18 @@ class LLMClient(Protocol):
     async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
         """One completion per prompt, in order."""
         ...
+
+
+class PinnedAdapter:
+    """One adapter of a multi-adapter backend as a client of its own: every request runs on
+    ``adapter`` (``None``: the base model), whatever the caller's sampling names."""
+
+    def __init__(self, inner: LLMClient, adapter: str | None) -> None:
+        self.inner, self.adapter = inner, adapter
+
+    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
+        pinned = dataclasses.replace(sampling, adapter=self.adapter)
+        return await self.inner.generate(prompts, pinned)
 
 
 class EndpointError(RuntimeError):

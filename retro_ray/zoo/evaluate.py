@@ -46,10 +46,6 @@ ACTOR_SAMPLING = SamplingParams(max_tokens=24, temperature=0.0, stop=("\n",))
 REFLECTOR_MAX_TOKENS = 48
 
 
-TRAINED_ADAPTER = "trained"
-"""Adapter name under which a trained LoRA is loaded for the ``trained_reflector`` condition."""
-
-
 def reflector_for(condition: str, retro: LLMClient, seed: int) -> Reflector | None:
     cfg = ReflectorConfig()
     if condition == "no_reflection":
@@ -60,16 +56,14 @@ def reflector_for(condition: str, retro: LLMClient, seed: int) -> Reflector | No
         return TrajectoryOracleReflector()
     if condition == "ground_truth_oracle":
         return GroundTruthReflector()
-    if condition not in ("base_reflector", "trained_reflector"):
+    if condition != "base_reflector":
         raise ValueError(f"unknown condition {condition!r}")
-    adapter = TRAINED_ADAPTER if condition == "trained_reflector" else None
     sampling = SamplingParams(
         max_tokens=REFLECTOR_MAX_TOKENS,
         temperature=1.0,
         top_p=1.0,
         stop=("\n",),
         seed=seed,
-        adapter=adapter,
     )
     return LLMReflector(
         retro,
@@ -77,7 +71,7 @@ def reflector_for(condition: str, retro: LLMClient, seed: int) -> Reflector | No
         cfg.instruction,
         cfg.trajectory_max_chars,
         cfg.max_chars,
-        name=adapter or "base",
+        name="base",
     )
 
 
@@ -89,13 +83,12 @@ async def evaluate_reflections(
     envs: tuple[str, ...] = ENVS,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
-    conditions: tuple[str, ...] = CONDITIONS,
 ) -> dict[str, Any]:
     """Cumulative success after ``trials`` trials per condition and environment."""
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     actor_cfg = ActorConfig()
     start = time.monotonic()
-    total = tasks * len(envs) * len(conditions)
+    total = tasks * len(envs) * len(CONDITIONS)
     done = 0
 
     def progress(_: TaskResult) -> None:
@@ -119,7 +112,7 @@ async def evaluate_reflections(
         task_list = make_env(env_name).tasks("test", tasks, seed=seed)  # type: ignore[attr-defined]
         return await loop.run_tasks(task_list, concurrency=tasks, on_result=progress)
 
-    keys = [(env, condition) for env in envs for condition in conditions]
+    keys = [(env, condition) for env in envs for condition in CONDITIONS]
     outcomes = await asyncio.gather(*(run(env, condition) for env, condition in keys))
     per_env: dict[str, dict[str, Any]] = {env: {} for env in envs}
     examples: list[str] = []
@@ -131,7 +124,7 @@ async def evaluate_reflections(
             examples += [t.reflection for r in results[:3] for t in r.trials if t.reflection]
     report: dict[str, Any] = {
         f"success_{c}": sum(per_env[e][f"success_{c}"] for e in envs) / len(envs)
-        for c in conditions
+        for c in CONDITIONS
     }
     report.update(per_env=per_env, tasks=tasks, trials=trials, envs=list(envs))
     report["seconds"] = round(time.monotonic() - start, 1)
