@@ -8,10 +8,7 @@ it), and returns the bound deployment:
     applications:
       - name: retro
         import_path: jobs.serve_app:build
-        args: {config: configs/serve.yaml, set: ["serve.backend=vllm"], replica_gpus: 1}
-
-``replica_gpus`` reserves GPUs per replica (vLLM on GPU nodes); ``ServeConfig`` has no such field
-yet, so the builder takes it as an argument.
+        args: {config: configs/serve.yaml, set: ["serve.backend=vllm", "serve.replica_gpus=1"]}
 """
 
 from __future__ import annotations
@@ -28,8 +25,6 @@ class BuildArgs(BaseModel):
     """YAML config file, relative to the working directory (None: defaults)."""
     set: list[str] = Field(default_factory=list)
     """Dotted ``key=value`` overrides, as ``--set`` takes them."""
-    replica_gpus: float = 0.0
-    """GPUs each replica reserves."""
 
 
 def build(args: dict[str, Any]) -> Any:
@@ -62,5 +57,5 @@ def build(args: dict[str, Any]) -> Any:
         .remote(settings.registry_root, str(model_dir), cfg.registry.name, s.model_name, s)
     )
     ray.get(controller.start.remote())
-    options = deployment_options(s, parsed.replica_gpus or 0.0)
+    options = deployment_options(s)
     return RetroServer.options(**options).bind(settings)

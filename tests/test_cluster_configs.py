@@ -141,6 +141,7 @@ def test_rayservice_serve_config_builds_a_valid_config() -> None:
 
     from jobs.serve_app import BuildArgs, build
     from retro_ray.config import load_config
+    from retro_ray.serve.launch import deployment_options
 
     spec = yaml.safe_load(MANIFESTS["RayService"].read_text())["spec"]
     serve_config = ServeDeploySchema.model_validate(yaml.safe_load(spec["serveConfigV2"]))
@@ -148,7 +149,8 @@ def test_rayservice_serve_config_builds_a_valid_config() -> None:
     assert app.import_path == "jobs.serve_app:build" and callable(build)
     args = BuildArgs.model_validate(app.args)
     cfg = load_config(args.config, args.set)
-    assert cfg.serve.backend == "vllm" and args.replica_gpus == 1
+    assert cfg.serve.backend == "vllm" and cfg.serve.replica_gpus == 1
+    assert deployment_options(cfg.serve)["ray_actor_options"]["num_gpus"] == 1
 
 
 # --------------------------------------------------------------------------------------------

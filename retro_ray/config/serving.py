@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from retro_ray.config.checks import positive, require
+from retro_ray.config.checks import in_range, positive, require
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,12 @@ class ServeConfig:
     """Logical CPUs each replica reserves (fractional on small machines, see DESIGN.md)."""
     max_ongoing_requests: int = 64
     """Requests a replica takes at once before Serve queues them."""
+    replica_gpus: float = 0.0
+    """GPUs each replica reserves (1 for vLLM on a GPU node; 0: CPU serving)."""
+    gpu_memory_utilization: float = 0.9
+    """vLLM on GPU: share of the GPU's memory the engine may take (weights and KV cache)."""
+    dtype: str | None = None
+    """vLLM weight dtype; None: ``auto`` on GPU (bf16 for most checkpoints), float32 on CPU."""
     cpu_threads: int = 1
     """torch / vLLM CPU threads per replica."""
     kv_cache_gib: int = 1
@@ -104,6 +110,8 @@ class ServeConfig:
             ">= min",
         )
         positive(self.replica_cpus, f"{key}.replica_cpus")
+        require(self.replica_gpus >= 0, f"{key}.replica_gpus", self.replica_gpus, "a number >= 0")
+        in_range(self.gpu_memory_utilization, f"{key}.gpu_memory_utilization", 0.05, 1.0)
         positive(self.cpu_threads, f"{key}.cpu_threads")
         require(self.max_loras >= 3, f"{key}.max_loras", self.max_loras, "an integer >= 3")
         positive(self.max_tokens_limit, f"{key}.max_tokens_limit")

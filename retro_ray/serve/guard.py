@@ -35,6 +35,8 @@ class ReplicaSettings:
     token_sha256: str | None  # None: no bearer token required
     cpu_threads: int = 1
     kv_cache_gib: int = 1
+    gpu_memory_utilization: float = 0.9
+    dtype: str | None = None
     max_model_len: int | None = None
     instruction: str = ""  # of reflection prompts (/v1/reflect)
     trajectory_max_chars: int = 1600
@@ -56,6 +58,8 @@ def make_engine(settings: ReplicaSettings) -> Any:
         max_model_len=settings.max_model_len,
         cpu_threads=settings.cpu_threads,
         kv_cache_gib=settings.kv_cache_gib,
+        gpu_memory_utilization=settings.gpu_memory_utilization,
+        dtype=settings.dtype,
     )
 
 

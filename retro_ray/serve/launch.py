@@ -106,6 +106,8 @@ def replica_settings(cfg: Config, model_dir: Path) -> ReplicaSettings:
         token_sha256=token_digest(os.environ.get(s.api_key_env)),
         cpu_threads=s.cpu_threads,
         kv_cache_gib=s.kv_cache_gib,
+        gpu_memory_utilization=s.gpu_memory_utilization,
+        dtype=s.dtype,
         max_model_len=s.max_model_len,
         instruction=cfg.reflector.instruction,
         trajectory_max_chars=cfg.reflector.trajectory_max_chars,
@@ -149,14 +151,14 @@ def start(cfg: Config) -> RunningApp:
     return RunningApp(s.app_name, url, controller, registry)
 
 
-def deployment_options(s: ServeConfig, replica_gpus: float = 0.0) -> dict[str, Any]:
+def deployment_options(s: ServeConfig) -> dict[str, Any]:
     """Serve deployment options of the replicas: resources, threads, replicas or autoscaling."""
     actor_options: dict[str, Any] = {
         "num_cpus": s.replica_cpus,
         "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(s.cpu_threads)}},
     }
-    if replica_gpus:
-        actor_options["num_gpus"] = replica_gpus
+    if s.replica_gpus:
+        actor_options["num_gpus"] = s.replica_gpus
     options: dict[str, Any] = {
         "name": f"{s.app_name}-server",
         "max_ongoing_requests": s.max_ongoing_requests,
