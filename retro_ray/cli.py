@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
     tr.set_defaults(handler=_train)
 
+    _add_report_parser(sub)
+
     cfg = sub.add_parser("config", help="show the resolved configuration")
     _add_config_args(cfg)
     cfg.set_defaults(handler=_config_show)
@@ -110,6 +112,40 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args_set_only(demo)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_report_parser(sub: argparse._SubParsersAction) -> None:
+    from retro_ray.report.data import Prices
+
+    rep = sub.add_parser(
+        "report", help="HTML report of a run: plots, success by trial, tokens per point of success"
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (run.output_dir/run.name)")
+    rep.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/report")
+    rep.add_argument(
+        "--price-prompt",
+        type=float,
+        default=Prices.prompt_per_mtok,
+        metavar="USD_PER_MTOK",
+        help="actor prompt tokens, USD per million (default: %(default)s)",
+    )
+    rep.add_argument(
+        "--price-completion",
+        type=float,
+        default=Prices.completion_per_mtok,
+        metavar="USD_PER_MTOK",
+        help="actor completion tokens, USD per million (default: %(default)s)",
+    )
+    rep.add_argument("--json", action="store_true", help="print report.json to stdout")
+    rep.set_defaults(handler=_report)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from retro_ray.report import Prices, build_report
+
+    report = build_report(args.run_dir, args.out, Prices(args.price_prompt, args.price_completion))
+    print(json.dumps(report) if args.json else report["index_html"])
+    return 0
 
 
 def _add_zoo_parsers(sub: argparse._SubParsersAction) -> None:

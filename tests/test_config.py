@@ -83,3 +83,13 @@ def test_partial_section_keeps_the_fields_own_defaults() -> None:
     cfg = load_config(None, ["reflector.endpoint.base_url=http://127.0.0.1:9/v1"])
     assert cfg.reflector.endpoint.model == "retrospective"
     assert cfg.reflector.endpoint.max_tokens == 64
+
+
+def test_overlap_needs_a_staleness_of_at_least_one() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["train.overlap=true", "learner.max_staleness=0"])
+    message = str(err.value)
+    for fragment in ["train.overlap", "learner.max_staleness", ">= 1", "learner.max_staleness=1"]:
+        assert fragment in message
+    cfg = load_config(None, ["train.overlap=true", "learner.max_staleness=1"])
+    assert cfg.train.overlap and not load_config().train.overlap

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from retro_ray.driver.eval_table import agent_table, format_agent_table, success_curves
+from retro_ray.driver.eval_table import agent_table, format_agent_table
+from retro_ray.report.data import eval_episodes, success_by_trial
 
 
 def rows(agent: str, seed: int, outcomes: dict[str, list[bool]], tokens: int = 10) -> list[dict]:
@@ -44,10 +45,10 @@ LOG = [
 
 
 def test_cumulative_success_by_seed() -> None:
-    curves = success_curves(LOG, trials=2)
-    assert curves["reflexion"] == {0: [0.0, 0.5], 1: [0.0, 0.0]}
-    assert curves["retroformer"] == {0: [0.5, 1.0], 1: [0.0, 0.5]}
-    assert curves["trajectory-oracle"] == {0: [0.5, 1.0], 1: [0.0, 1.0]}
+    curves = success_by_trial(eval_episodes(LOG), 2)
+    assert curves["reflexion"]["per_seed"] == {"0": [0.0, 0.5], "1": [0.0, 0.0]}
+    assert curves["retroformer"]["per_seed"] == {"0": [0.5, 1.0], "1": [0.0, 0.5]}
+    assert curves["trajectory-oracle"]["per_seed"] == {"0": [0.5, 1.0], "1": [0.0, 1.0]}
 
 
 def test_table_means_spread_gap_and_usage() -> None:

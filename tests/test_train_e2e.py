@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow.dataset as ds
 import pytest
@@ -15,8 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
-def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> None:
+def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], list[dict]]:
+    """``retro-ray train --config configs/train_tiny.yaml`` in a subprocess, everything under
+    ``tmp_path``; the summary and the per-iteration records of ``metrics.jsonl``."""
     summary_path = tmp_path / "summary.json"
     env = {**os.environ, "RETRO_RAY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
@@ -31,24 +33,32 @@ def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> No
         f"run.output_dir={tmp_path / 'runs'}",
         "--set",
         f"registry.root={tmp_path / 'registry'}",
-        "--set",
-        "serve.port=8127",
+        *(arg for override in overrides for arg in ("--set", override)),
         "--json",
         str(summary_path),
     ]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(summary_path.read_text())
-    assert summary["iterations"] == 2
-    assert summary["train_version"] >= 2  # the learner published after each update
-
     run_dir = Path(summary["run_dir"])
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return summary, metrics
+
+
+@pytest.mark.slow
+def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> None:
+    summary, metrics = run_train_tiny(tmp_path, "serve.port=8127")
+    assert summary["iterations"] == 2 and summary["overlap"] is False
+    assert summary["train_version"] >= 2  # the learner published after each update
+
     assert [m["iteration"] for m in metrics] == [0, 1]
     learned = [m for m in metrics if "version" in m]
     assert learned and all(m["swap_s"] < 120 for m in learned)
+    assert all(m["staleness"] == 0 for m in learned)  # synchronous: strictly on-policy
+    assert all(m["learner_staleness"] == 0 for m in learned)  # the learner's own count agrees
 
     # Every group in the log has exactly m = 2 branches, each with engine token ids.
+    run_dir = Path(summary["run_dir"])
     table = ds.dataset(run_dir / "experience", format="parquet", partitioning="hive").to_table()
     rows = [r for r in table.to_pylist() if r["reward"] is not None]
     assert rows
@@ -60,3 +70,24 @@ def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> No
 
     events = (tmp_path / "registry" / "events.jsonl").read_text()
     assert '"gate"' in events  # the promotion gate ran and recorded its decision
+
+
+@pytest.mark.slow
+def test_train_overlap_collects_one_step_off_policy(tmp_path: Path) -> None:
+    summary, metrics = run_train_tiny(
+        tmp_path, "train.overlap=true", "train.iterations=3", "serve.port=8128"
+    )
+    assert summary["iterations"] == 3 and summary["overlap"] is True
+    assert summary["train_version"] >= 3  # every batch applied and published, the last too
+
+    assert [m["iteration"] for m in metrics] == [0, 1, 2]
+    assert all("version" in m and not m.get("dropped") for m in metrics)
+    assert all(m["staleness"] is not None and m["staleness"] <= 1 for m in metrics)
+    assert all(m["learner_staleness"] == m["staleness"] for m in metrics)
+    assert metrics[0]["staleness"] == 0  # nothing to overlap with: the base model collected it
+    # Overlap happened: some iteration's rows came (at least partly) from an adapter older than
+    # the learner's when its batch was submitted. Iteration 1's first reflections are sampled
+    # within a second of batch 0's submission, long before the learner can apply, checkpoint,
+    # publish it and the Serve app swap it in (and before the Ray Train worker group, started at
+    # the same time as collection 0, is even up: ~10 s here).
+    assert any(min(m["collect_versions"]) < m["submit_version"] for m in metrics[1:]), metrics

@@ -143,6 +143,10 @@ class TrainConfig:
     promote_every: int = 5
     """Iterations between promotion gates (train vs prod on the validation split); the last
     iteration always runs the gate."""
+    overlap: bool = False
+    """Collect iteration i+1 while the learner trains on iteration i: one step off-policy
+    (``ppo_clip``'s importance ratio uses the logged sampler log-probs); needs
+    ``learner.max_staleness >= 1``."""
 
     def validate(self, key: str) -> None:
         require(self.group_size >= 2, f"{key}.group_size", self.group_size, "an integer >= 2")

@@ -13,6 +13,7 @@ from retro_ray.config.agent import (
     RunConfig,
     TrialsConfig,
 )
+from retro_ray.config.checks import ConfigError
 from retro_ray.config.serving import RegistryConfig, ServeConfig
 from retro_ray.config.training import LearnerConfig, RolloutConfig, TrainConfig
 
@@ -39,7 +40,17 @@ class Config:
         from retro_ray.envs.registry import validate_env_config
 
         validate_env_config(self.env)
+        self._check_across_sections()
         return self
+
+    def _check_across_sections(self) -> None:
+        """Values that are valid alone but not together."""
+        if self.train.overlap and self.learner.max_staleness < 1:
+            raise ConfigError(
+                "train.overlap: true needs learner.max_staleness >= 1, got "
+                f"{self.learner.max_staleness} (overlap trains on data one learner step old); "
+                "set learner.max_staleness=1 or train.overlap=false"
+            )
 
     @property
     def run_dir(self) -> Path:

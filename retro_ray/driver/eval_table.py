@@ -13,92 +13,48 @@ the Reflexion-to-trajectory-oracle gap at the last trial that Retroformer closes
     gap_closed = (S_retroformer - S_reflexion) / (S_trajectory_oracle - S_reflexion)
 
 (``None`` when one of the three is missing or the oracle is not above Reflexion). Token and cost
-figures are means per task, over every seed.
+figures are means per task (the mean over seeds of each seed's mean); the arithmetic lives in
+:mod:`retro_ray.report.data`, which the report shares.
 """
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-TABLE_AGENTS = ("react", "reflexion", "retroformer", "trajectory-oracle", "ground-truth-oracle")
+from retro_ray.report.data import (
+    AGENT_ORDER,
+    EVAL_COLUMNS,
+    eval_episodes,
+    success_by_trial,
+    tokens_per_task,
+)
+
+__all__ = ["EVAL_COLUMNS", "TABLE_AGENTS", "agent_table", "format_agent_table", "gap_closed"]
+
+TABLE_AGENTS = AGENT_ORDER
 """The agents of the paper's table, in its order (and the order rows are shown in)."""
 
-Row = Mapping[str, Any]
 
-
-def success_curves(rows: Iterable[Row], trials: int) -> dict[str, dict[int, list[float]]]:
-    """agent -> seed -> cumulative success after each of ``trials`` trials (main chain only)."""
-    first_win: dict[tuple[str, int], dict[str, int | None]] = {}
-    for row in rows:
-        if row.get("sample", 0) != 0:
-            continue
-        tasks = first_win.setdefault((row["mode"], int(row["iteration"])), {})
-        won_at = tasks.get(row["task_id"])
-        if row["won"] and (won_at is None or row["trial"] < won_at):
-            tasks[row["task_id"]] = int(row["trial"])
-        else:
-            tasks.setdefault(row["task_id"], None)
-    curves: dict[str, dict[int, list[float]]] = {}
-    for (agent, seed), tasks in sorted(first_win.items()):
-        n = len(tasks)
-        curves.setdefault(agent, {})[seed] = [
-            sum(1 for at in tasks.values() if at is not None and at <= k) / n for k in range(trials)
-        ]
-    return curves
-
-
-def usage_per_task(rows: Iterable[Row]) -> dict[str, dict[str, float]]:
-    """agent -> mean actor tokens (prompt, completion), reflection tokens and cost per task."""
-    sums: dict[str, dict[str, float]] = {}
-    tasks: dict[str, set[tuple[int, str]]] = {}
-    for row in rows:
-        agent = row["mode"]
-        tasks.setdefault(agent, set()).add((int(row["iteration"]), row["task_id"]))
-        total = sums.setdefault(agent, dict.fromkeys(_USAGE, 0.0))
-        for key, columns in _USAGE.items():
-            total[key] += sum(float(row.get(c) or 0) for c in columns)
-    return {a: {k: v / len(tasks[a]) for k, v in s.items()} for a, s in sums.items()}
-
-
-_USAGE = {
-    "actor_prompt_tokens": ("actor_prompt_tokens",),
-    "actor_completion_tokens": ("actor_completion_tokens",),
-    "reflection_tokens": ("reflection_prompt_tokens", "reflection_completion_tokens"),
-    "cost": ("cost",),
-}
-
-
-def agent_table(rows: Iterable[Row], trials: int) -> dict[str, Any]:
+def agent_table(rows: Iterable[Mapping[str, Any]], trials: int) -> dict[str, Any]:
     """The table of the module docstring from an evaluation log's rows."""
-    rows = list(rows)
-    curves = success_curves(rows, trials)
-    usage = usage_per_task(rows)
-    order = [a for a in TABLE_AGENTS if a in curves] + sorted(set(curves) - set(TABLE_AGENTS))
-    agents: dict[str, Any] = {}
-    for agent in order:
-        per_seed = curves[agent]
-        finals = [c[-1] for c in per_seed.values()]
-        agents[agent] = {
-            "success_by_trial": [
-                statistics.fmean(c[k] for c in per_seed.values()) for k in range(trials)
-            ],
-            "spread": statistics.pstdev(finals),
-            "per_seed": {str(seed): curve[-1] for seed, curve in per_seed.items()},
-            "tasks": sum(_tasks_of(rows, agent)),
-            **{f"{k}_per_task": v for k, v in usage[agent].items()},
+    episodes = eval_episodes(list(rows))
+    success = success_by_trial(episodes, trials)
+    tokens = tokens_per_task(episodes)
+    agents = {
+        agent: {
+            "success_by_trial": curve["mean"],
+            "spread": curve["spread"],
+            "per_seed": {seed: c[-1] for seed, c in curve["per_seed"].items()},
+            "tasks": sum(curve["tasks_per_seed"].values()),
+            "actor_prompt_tokens_per_task": tokens[agent]["actor_prompt"],
+            "actor_completion_tokens_per_task": tokens[agent]["actor_completion"],
+            "reflection_tokens_per_task": tokens[agent]["reflection"],
         }
-    seeds = sorted({s for per_seed in curves.values() for s in per_seed})
+        for agent, curve in success.items()
+    }
+    seeds = sorted({s for curve in success.values() for s in curve["seeds"]})
     return {"agents": agents, "gap_closed": gap_closed(agents), "seeds": seeds, "trials": trials}
-
-
-def _tasks_of(rows: list[Row], agent: str) -> list[int]:
-    seen: dict[int, set[str]] = {}
-    for row in rows:
-        if row["mode"] == agent:
-            seen.setdefault(int(row["iteration"]), set()).add(row["task_id"])
-    return [len(v) for v in seen.values()]
 
 
 def gap_closed(agents: Mapping[str, Mapping[str, Any]]) -> float | None:

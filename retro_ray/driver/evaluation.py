@@ -33,7 +33,7 @@ from retro_ray.agents.build import actor_client, config_for_agent, openai_client
 from retro_ray.agents.results import Progress
 from retro_ray.aio import gather_all
 from retro_ray.config import Config, load_config
-from retro_ray.driver.eval_table import agent_table
+from retro_ray.driver.eval_table import EVAL_COLUMNS, agent_table
 from retro_ray.evaluate import task_list
 from retro_ray.llm.base import LLMClient, PinnedAdapter
 from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
@@ -156,7 +156,9 @@ def evaluate_agents(
     else:
         asyncio.run(play_local(cfg, agents, seeds, log, clients, progress))
     wanted = {eval_run_id(a) for a in agents}
-    rows = [r for r in log.read().to_pylist() if r["run"] in wanted and r["iteration"] in seeds]
+    columns = ("run", "iteration", *EVAL_COLUMNS)
+    rows = log.read(columns=columns).to_pylist()
+    rows = [r for r in rows if r["run"] in wanted and r["iteration"] in seeds]
     table = agent_table(rows, cfg.trials.max_trials)
     table.update(
         env=cfg.env.name,

@@ -12,6 +12,20 @@ Each iteration reads like the paper:
 4. **promote**: every ``promote_every`` iterations the gate evaluates ``train`` against ``prod``
    on the validation split and moves ``prod`` only if it is not worse.
 
+With ``train.overlap`` the driver does not wait for step 2 and 3: it submits batch ``i`` and
+collects iteration ``i + 1`` at once, while the learner trains and the Serve app hot-swaps the new
+adapter in mid-collection (each row records the ``adapter_version`` that wrote it). Before it
+submits batch ``i + 1`` it waits until batch ``i`` is applied and served, so one batch at most is in
+flight and the data is at most one learner step behind the weights it updates (``ppo_clip``'s
+ratio against the logged sampler log-probs corrects for it). Each iteration's record in
+``metrics.jsonl`` holds the versions its collection used and that ``staleness``; a batch staler
+than ``learner.max_staleness`` is dropped, never trained on.
+
+Timing per record: ``collect_s`` (the collection), ``learn_wait_s`` and ``swap_s`` (how long the
+driver waited for the iteration's batch to be applied, then served; with overlap that wait comes
+after the next collection, so it is near 0 when learning is the shorter of the two) and
+``seconds`` (the driver's time on the iteration, the promotion gate aside).
+
 Resumable: a rerun with the same run directory skips collected iterations (the log) and applied
 batches (the learner's checkpoint cursor).
 """
@@ -24,6 +38,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +103,113 @@ def wait_until_served(controller: Any, version: int, timeout_s: float = 120.0) -
     return time.monotonic() - start
 
 
+def adapter_versions(rows: Any, adapter_name: str) -> list[int]:
+    """The registry versions that wrote the rows' reflections, sorted: the Serve app names each
+    response ``<adapter_name>@<version>`` (``retro@3``; ``retro@0`` is the base model). Rows
+    without a reflection, or written by another reflector, are left out."""
+    if "adapter_version" not in rows.column_names:
+        return []
+    prefix = f"{adapter_name}@"
+    found = set()
+    for name in rows.column("adapter_version").to_pylist():
+        if isinstance(name, str) and name.startswith(prefix) and name[len(prefix) :].isdigit():
+            found.add(int(name[len(prefix) :]))
+    return sorted(found)
+
+
+@dataclass
+class InFlight:
+    """A batch the learner has not applied yet, and its iteration's record (finished when it is)."""
+
+    seq: int
+    record: dict[str, Any]
+
+
+@dataclass
+class BatchFlow:
+    """Batches from the driver to the learner, with the staleness bound checked on the rows.
+
+    Staleness is counted in learner steps (batches applied): the learner's cursor when the batch
+    is submitted minus the step of the oldest adapter that wrote its rows (the registry records
+    each version's step; version numbers alone drift from steps when a restarted learner
+    publishes its checkpoint again)."""
+
+    learner: Any  # DistributedLearner
+    app: Any  # the Serve app (launch.start): its registry and controller
+    gauges: Any  # LearnerGauges
+    max_staleness: int
+    adapter_name: str
+    steps: dict[int, int] = field(default_factory=lambda: {0: 0})  # version -> learner step
+
+    def step_of(self, version: int) -> int:
+        if version not in self.steps:
+            self.steps[version] = self.app.registry.get(version).step
+        return self.steps[version]
+
+    def submit(
+        self, batch: Any, stats: dict[str, float], record: dict[str, Any]
+    ) -> InFlight | None:
+        """Queue the batch, recording its staleness; ``None`` (and a warning) when it is staler
+        than ``max_staleness`` and is dropped. Call with no batch in flight."""
+        cursor = int(self.learner.state()["acked"])  # steps in the weights the batch updates
+        versions = record["collect_versions"]
+        oldest = min((self.step_of(v) for v in versions), default=None)
+        record.update(
+            submit_step=cursor,
+            submit_version=self.app.registry.state().aliases.get("train", 0),
+            staleness=None if oldest is None else cursor - oldest,
+        )
+        if oldest is None:
+            log(
+                f"iteration {record['iteration']}: no {self.adapter_name}@N rows, staleness unknown"
+            )
+        elif cursor - oldest > self.max_staleness:
+            log(
+                f"WARNING: dropping iteration {record['iteration']}'s batch: staleness "
+                f"{cursor - oldest} > learner.max_staleness {self.max_staleness} (collected with "
+                f"versions {versions}, learner at step {cursor})"
+            )
+            record["dropped"] = True
+            return None
+        collected_step = cursor if oldest is None else oldest
+        seq = self.learner.submit(batch, collected_step=collected_step, info=stats)
+        return InFlight(seq, record)
+
+    def settle(self, flight: InFlight) -> dict[str, Any]:
+        """Wait until the batch is applied and its adapter served; its record, with the seconds
+        the driver waited for each (``learn_wait_s``, ``swap_s``) and the learner's metrics."""
+        record = flight.record
+        t0 = time.monotonic()
+        self.learner.wait_applied(flight.seq + 1)
+        record["learn_wait_s"] = time.monotonic() - t0
+        record["version"] = version = self.app.registry.state().aliases.get("train", 0)
+        record["swap_s"] = wait_until_served(self.app.controller, version)
+        step_metrics = self.applied_metrics(flight.seq)
+        if step_metrics:
+            self.gauges.set({**step_metrics, "adapter_version": version})
+            record.update({f"learner_{k}": v for k, v in step_metrics.items()})
+        return record
+
+    def applied_metrics(self, seq: int, timeout_s: float = 10.0) -> dict[str, float]:
+        """The learner's metrics of batch ``seq`` (their ``cursor``; rank 0 records them just
+        after the acknowledgement, so they may lag ``wait_applied`` a moment); {} if none come."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            found = [m for m in self.learner.metrics() if int(m.get("cursor", -1)) == seq]
+            if found or time.monotonic() > deadline:
+                return found[-1] if found else {}
+            time.sleep(0.1)
+
+
+def dropped_iterations(metrics_path: Path) -> set[int]:
+    """Iterations whose batch an earlier run dropped as too stale (not in the learner's cursor:
+    a resumed run must not count them as applied)."""
+    if not metrics_path.is_file():
+        return set()
+    records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
+    return {r["iteration"] for r in records if r.get("dropped")}
+
+
 def run_train(cfg: Config) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
@@ -109,12 +231,23 @@ def run_train(cfg: Config) -> dict[str, Any]:
     connect_ray()
     tokenizer = AutoTokenizer.from_pretrained(cfg.serve.model_dir)
     tasks = train_tasks(cfg)
-    per_iteration = cfg.train.failed_trials_per_iteration
+    per_iteration, iterations = cfg.train.failed_trials_per_iteration, cfg.train.iterations
     metrics_path = run_dir / "metrics.jsonl"
     log(f"serving the retrospective model ({cfg.serve.backend} backend)")
     app = launch.start(cfg)
     gauges = LearnerGauges(cfg.run.name)
     history: list[dict[str, Any]] = []
+
+    def write(record: dict[str, Any]) -> None:
+        history.append(record)
+        with metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        log(
+            f"iteration {record['iteration'] + 1}/{iterations}: {record['groups']} groups, "
+            f"reward {record.get('reward_mean', float('nan')):.3f}, "
+            f"train version {record.get('version', '-')}, {record['seconds']:.1f}s"
+        )
+
     try:
         collect_cfg = with_reflector_endpoint(cfg, app.url)
         target = RegistryTarget(registry_cfg.root, registry_cfg.name, registry_cfg.max_lora_rank)
@@ -129,18 +262,30 @@ def run_train(cfg: Config) -> dict[str, Any]:
             learner,
             RolloutPool(collect_cfg, "train", cfg.run.name, run_dir / "experience") as pool,
         ):
-            applied = learner.state().get("acked", 0)
-            for it in range(cfg.train.iterations):
+            flow = BatchFlow(learner, app, gauges, cfg.learner.max_staleness, registry_cfg.name)
+            applied_before = learner.state().get("acked", 0)  # batches of an earlier run
+            dropped_before = dropped_iterations(metrics_path)
+            in_flight: InFlight | None = None  # overlap: the batch training during collection
+            for it in range(iterations):
                 chunk = tasks[it * per_iteration : (it + 1) * per_iteration]
                 t0 = time.monotonic()
                 report = pool.collect(chunk, iteration=it)
-                groups = load_groups(pool.log.read(cfg.run.name, it))
+                rows = pool.log.read(cfg.run.name, it)
+                groups = load_groups(rows)
                 record: dict[str, Any] = {
                     "iteration": it,
                     "groups": len(groups),
                     "collect_s": time.monotonic() - t0,
+                    "collect_versions": adapter_versions(rows, registry_cfg.name),
+                    "success_rate": report.success_rate,
                 }
-                if groups and it >= applied:
+                if in_flight is not None:  # overlap: the batch trained during this collection
+                    write(flow.settle(in_flight))
+                    in_flight = None
+                fresh = bool(groups) and it not in dropped_before
+                if fresh and applied_before > 0:  # in the learner's checkpoint already
+                    applied_before -= 1
+                elif fresh:
                     batch, stats = group_batch(
                         groups,
                         tokenizer,
@@ -148,26 +293,15 @@ def run_train(cfg: Config) -> dict[str, Any]:
                         cfg.learner,
                         loss_name=cfg.learner.loss.name,
                     )
-                    seq = learner.submit(batch, collected_step=it, info=stats)
-                    learner.wait_applied(seq + 1)
-                    version = app.registry.state().aliases.get("train", 0)
-                    record.update(
-                        stats, version=version, swap_s=wait_until_served(app.controller, version)
-                    )
-                    for step_metrics in learner.metrics()[-1:]:  # the batch just applied
-                        gauges.set({**step_metrics, "adapter_version": version})
-                        record.update({f"learner_{k}": v for k, v in step_metrics.items()})
-                record["success_rate"] = report.success_rate
-                record["seconds"] = time.monotonic() - t0
-                history.append(record)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log(
-                    f"iteration {it + 1}/{cfg.train.iterations}: {len(groups)} groups, "
-                    f"reward {record.get('reward_mean', float('nan')):.3f}, "
-                    f"train version {record.get('version', '-')}, {record['seconds']:.1f}s"
-                )
-                if (it + 1) % cfg.train.promote_every == 0 or it + 1 == cfg.train.iterations:
+                    record.update(stats)
+                    in_flight = flow.submit(batch, stats, record)
+                if in_flight is not None and (not cfg.train.overlap or it + 1 == iterations):
+                    flow.settle(in_flight)  # synchronous, or the last batch before the gate
+                    in_flight = None
+                record["seconds"] = time.monotonic() - t0  # the driver's time, the gate aside
+                if in_flight is None:
+                    write(record)  # else once its batch is applied, after the next collection
+                if (it + 1) % cfg.train.promote_every == 0 or it + 1 == iterations:
                     decision = asyncio.run(
                         gated_promote(app.registry, collect_cfg, "train", out_dir=run_dir / "gate")
                     )
@@ -178,9 +312,12 @@ def run_train(cfg: Config) -> dict[str, Any]:
     summary = {
         "run": cfg.run.name,
         "iterations": len(history),
+        "overlap": cfg.train.overlap,
         "train_version": aliases.get("train", 0),
         "prod_version": aliases.get("prod", 0),
         "reward_by_iteration": [h.get("reward_mean") for h in history],
+        "collect_s": sum(h["collect_s"] for h in history),
+        "learn_wait_s": sum(h.get("learn_wait_s", 0.0) for h in history),
         "wall_time_s": time.monotonic() - start,
         "run_dir": str(run_dir),
     }

@@ -196,16 +196,27 @@ class ExperienceLog:
         """The whole log as one ``pyarrow.dataset`` (partition columns ``run``, ``iteration``)."""
         return ds.dataset(self.root, format="parquet", partitioning=PARTITIONING)
 
-    def read(self, run_id: str | None = None, iteration: int | None = None) -> pa.Table:
+    def read(
+        self,
+        run_id: str | None = None,
+        iteration: int | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pa.Table:
+        """Rows of one run / iteration (default: all); ``columns`` reads only those (trajectories
+        and prompts are most of a log's bytes)."""
         if not self.root.exists():
-            return to_table([]).append_column("run", pa.array([], pa.string()))
+            table = to_table([]).append_column("run", pa.array([], pa.string()))
+            table = table.append_column("iteration", pa.array([], pa.int32()))
+            return table.select(list(columns)) if columns else table
+        if columns is not None and "schema_version" not in columns:
+            columns = ["schema_version", *columns]
         expr = None
         if run_id is not None:
             expr = ds.field("run") == run_id
         if iteration is not None:
             cond = ds.field("iteration") == iteration
             expr = cond if expr is None else expr & cond
-        table = self.dataset().to_table(filter=expr)
+        table = self.dataset().to_table(filter=expr, columns=columns and list(columns))
         versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
         if versions - {SCHEMA_VERSION}:
             raise ValueError(f"experience log {self.root} holds schema versions {versions}")

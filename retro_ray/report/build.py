@@ -1,0 +1,215 @@
+"""``build_report``: read a run directory's logs, compute the numbers, draw, write the page.
+
+Reads (all optional, at least one required)::
+
+    RUN_DIR/experience/         training experience log (ExperienceLog; run=<name>/iteration=<i>)
+    RUN_DIR/eval/experience/    evaluation log (run=eval-<agent>/iteration=<seed>, mode = agent)
+    RUN_DIR/eval/table.json     retro-ray eval's table: only its ``trials`` is used
+    RUN_DIR/metrics.jsonl       one record per training iteration
+    RUN_DIR/summary.json        the train summary;  RUN_DIR/config.json  the resolved config
+
+Writes to ``out_dir`` (default ``RUN_DIR/report``): ``index.html``, ``report.json`` and the PNGs
+that have data (``success_by_trial``, ``cost``: evaluation; ``reflection_reward``,
+``throughput``: training).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from retro_ray.report import data, html
+from retro_ray.rollout.experience import ExperienceLog
+
+TRAIN_LOG = Path("experience")
+EVAL_LOG = Path("eval") / "experience"
+METRICS = "metrics.jsonl"
+FIGURES = ("success_by_trial", "cost", "reflection_reward", "throughput")
+
+_TRAIN_COLUMNS = ("run", "iteration", "task_id", "reward")
+_TRAIN_COLUMNS += ("started_at", "finished_at")
+
+
+def read_log(root: Path, columns: tuple[str, ...]) -> pa.Table | None:
+    """The log's ``columns`` (partition columns included), or None when it holds no episode.
+
+    Only the needed columns are read (trajectories and prompts are most of a log's bytes)."""
+    if not root.is_dir() or next(root.rglob("part-*.parquet"), None) is None:
+        return None
+    return ExperienceLog(root).read(columns=columns)
+
+
+def read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The records of ``metrics.jsonl``; an unreadable line (a run killed mid-write) is skipped
+    with a note."""
+    if not path.is_file():
+        return []
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            notes.append(f"{path}: line {number} is not JSON; skipped")
+    return out
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def run_name(
+    run_dir: Path, summary: dict | None, config: dict | None, train: pa.Table | None
+) -> str:
+    """summary.json's ``run``, else config.json's ``run.name``, else the training log's only run,
+    else the directory name."""
+    if summary and summary.get("run"):
+        return str(summary["run"])
+    if config and isinstance(config.get("run"), dict) and config["run"].get("name"):
+        return str(config["run"]["name"])
+    if train is not None:
+        runs = sorted(set(train.column("run").to_pylist()))
+        if len(runs) == 1:
+            return runs[0]
+    return run_dir.resolve().name
+
+
+def _check_run_dir(run_dir: Path, has_any_log: bool) -> None:
+    if not run_dir.is_dir():
+        raise ValueError(
+            f"run directory {run_dir} does not exist: run `retro-ray train` first "
+            "(it writes run.output_dir/run.name) and pass that directory"
+        )
+    if not has_any_log:
+        raise ValueError(
+            f"{run_dir} holds no log to report on (no {TRAIN_LOG}/, {EVAL_LOG}/ or {METRICS}): "
+            f"run `retro-ray train` first, then `retro-ray eval --run {run_dir}`"
+        )
+
+
+def evaluation_numbers(
+    table: pa.Table, prices: data.Prices, trials: int | None = None
+) -> dict[str, Any]:
+    """Success by trial, tokens per task and the cost per point of an evaluation log, over
+    ``trials`` trials (at least the longest task of the log)."""
+    episodes = data.eval_episodes(table)
+    trials = max(trials or 0, data.max_trials(episodes))
+    success = data.success_by_trial(episodes, trials)
+    tokens = data.tokens_per_task(episodes)
+    return {
+        "trials": trials,
+        "baseline": data.BASELINE,
+        "agents": success,
+        "tokens_per_task": tokens,
+        "cost": data.cost_comparison(success, tokens, prices),
+    }
+
+
+def build_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, prices: data.Prices | None = None
+) -> dict[str, Any]:
+    """Write the report of ``run_dir`` to ``out_dir`` (default ``run_dir/report``); returns the
+    content of ``report.json``. Raises ValueError for a missing run directory or one without
+    any log."""
+    run_dir = Path(run_dir)
+    prices = prices or data.Prices()
+    train_root, eval_root, metrics_path = run_dir / TRAIN_LOG, run_dir / EVAL_LOG, run_dir / METRICS
+    train = read_log(train_root, _TRAIN_COLUMNS) if run_dir.is_dir() else None
+    evaluation_log = read_log(eval_root, data.EVAL_COLUMNS) if run_dir.is_dir() else None
+    _check_run_dir(
+        run_dir, train is not None or evaluation_log is not None or metrics_path.is_file()
+    )
+
+    notes: list[str] = []
+    metrics = read_metrics(metrics_path, notes)
+    summary = _read_json(run_dir / "summary.json")
+    config = _read_json(run_dir / "config.json")
+    name = run_name(run_dir, summary, config, train)
+    if train is not None:
+        runs = set(train.column("run").to_pylist())
+        if len(runs) > 1 and name in runs:
+            notes.append(f"training log holds runs {sorted(runs)}; reporting run {name!r}")
+            train = train.filter(pc.equal(train.column("run"), name))
+
+    evaluation = None
+    if evaluation_log is not None:
+        # retro-ray eval records the configured trials per task in table.json: a log where every
+        # task was won early is still reported up to that trial.
+        eval_table = _read_json(eval_root.parent / "table.json") or {}
+        trials = eval_table.get("trials") if isinstance(eval_table.get("trials"), int) else None
+        evaluation = evaluation_numbers(evaluation_log, prices, trials)
+    rows: data.Rows = train if train is not None else []
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "run": name,
+        "run_dir": str(run_dir.resolve()),
+        "out_dir": str(out.resolve()),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prices": {
+            "prompt_per_mtok": prices.prompt_per_mtok,
+            "completion_per_mtok": prices.completion_per_mtok,
+        },
+        "sources": {
+            "training log": str(train_root) if train is not None else None,
+            "evaluation log": str(eval_root) if evaluation_log is not None else None,
+            "metrics": str(metrics_path) if metrics else None,
+            "summary": str(run_dir / "summary.json") if summary else None,
+            "config": str(run_dir / "config.json") if config else None,
+        },
+        "evaluation": evaluation,
+        "answer": html.cost_sentence(evaluation, str(run_dir)),
+        "training": {
+            "reward_by_iteration": data.reward_by_iteration(rows),
+            "throughput": data.throughput(rows),
+            "iteration_seconds": data.iteration_seconds(metrics),
+            "summary": summary,
+        },
+        "notes": notes,
+    }
+    report["figures"] = draw(report, out)
+    report["index_html"] = str((out / "index.html").resolve())
+    (out / "index.html").write_text(html.render(report))
+    (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    return report
+
+
+def draw(report: dict[str, Any], out: Path) -> dict[str, str]:
+    """Write the figures that have data; returns {figure: file name}. A figure without data is
+    removed from ``out`` so that no stale PNG of an earlier report stays next to the page."""
+    from retro_ray.report import plots
+
+    evaluation, training = report["evaluation"], report["training"]
+    figures: dict[str, str] = {}
+
+    def target(key: str) -> Path:
+        figures[key] = f"{key}.png"
+        return out / figures[key]
+
+    if evaluation is not None:
+        plots.success_by_trial(evaluation["agents"], target("success_by_trial"))
+        plots.cost(
+            evaluation["tokens_per_task"],
+            evaluation["cost"],
+            evaluation["baseline"],
+            target("cost"),
+        )
+    if training["reward_by_iteration"]:
+        plots.reflection_reward(training["reward_by_iteration"], target("reflection_reward"))
+    if training["throughput"].get("minutes") or training["iteration_seconds"]:
+        plots.throughput(
+            training["throughput"], training["iteration_seconds"], target("throughput")
+        )
+    for key in FIGURES:
+        if key not in figures:
+            (out / f"{key}.png").unlink(missing_ok=True)
+    return figures
