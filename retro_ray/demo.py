@@ -6,7 +6,8 @@
    app hot-swaps it, and the gate promotes ``prod`` (``configs/train.yaml``);
 3. evaluate on held-out test tasks, several seeds: ReAct, Reflexion (the untrained base),
    Retroformer (the trained adapter), the trajectory and ground-truth oracles;
-4. print the table; everything is under the output directory.
+4. write the report (``<run>/report/index.html``: plots and the cost per point of success) and
+   print the table; everything is under the output directory.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def run_demo(
     from retro_ray.driver.eval_table import TABLE_AGENTS, format_agent_table
     from retro_ray.driver.evaluation import evaluate_run
     from retro_ray.driver.train import run_train
+    from retro_ray.report import build_report
     from retro_ray.zoo.build import build_zoo
 
     start = time.monotonic()
@@ -50,6 +52,7 @@ def run_demo(
         seeds,
         [f"env.num_tasks={tasks}", f"trials.max_trials={eval_trials}"],
     )
+    report = build_report(run_dir)
     table.update(train=summary, wall_time_s=time.monotonic() - start)
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
     print(
@@ -60,6 +63,6 @@ def run_demo(
     print(format_agent_table(table))
     print(
         f"\ndemo finished in {table['wall_time_s'] / 60:.1f} min; "
-        f"table: {output_dir / 'eval.json'}; run: {run_dir}"
+        f"table: {output_dir / 'eval.json'}; run: {run_dir}\nreport: {report['index_html']}"
     )
     return 0

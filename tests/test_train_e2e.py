@@ -16,16 +16,22 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], list[dict]]:
-    """``retro-ray train --config configs/train_tiny.yaml`` in a subprocess, everything under
-    ``tmp_path``; the summary and the per-iteration records of ``metrics.jsonl``."""
-    summary_path = tmp_path / "summary.json"
+def retro_ray_cli(tmp_path: Path, *args: str) -> str:
+    """Run ``retro-ray ARGS`` as a user does (a fresh process, its own local Ray); its stdout."""
     env = {**os.environ, "RETRO_RAY_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "retro_ray.cli",
+    cmd = [sys.executable, "-m", "retro_ray.cli", *args]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], list[dict]]:
+    """``retro-ray train --config configs/train_tiny.yaml`` with everything under ``tmp_path``;
+    the summary and the per-iteration records of ``metrics.jsonl``."""
+    summary_path = tmp_path / "summary.json"
+    retro_ray_cli(
+        tmp_path,
         "train",
         "--config",
         "configs/train_tiny.yaml",
@@ -36,9 +42,7 @@ def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], lis
         *(arg for override in overrides for arg in ("--set", override)),
         "--json",
         str(summary_path),
-    ]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    )
     summary = json.loads(summary_path.read_text())
     run_dir = Path(summary["run_dir"])
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -70,6 +74,33 @@ def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> No
 
     events = (tmp_path / "registry" / "events.jsonl").read_text()
     assert '"gate"' in events  # the promotion gate ran and recorded its decision
+
+    # What the user runs next: the evaluation table of the trained adapter, then the report.
+    table = json.loads(
+        retro_ray_cli(
+            tmp_path, "eval", "--run", str(run_dir), "--tasks", "4", "--seeds", "2", "--json", "-"
+        ).splitlines()[-1]
+    )
+    assert list(table["agents"]) == [
+        "react",
+        "reflexion",
+        "retroformer",
+        "trajectory-oracle",
+        "ground-truth-oracle",
+    ]
+    assert table["seeds"] == [0, 1] and "gap_closed" in table
+    assert table["reflectors"]["retroformer"].startswith("retro@")
+    for row in table["agents"].values():
+        assert len(row["success_by_trial"]) == 2 and row["tasks"] == 8 and row["spread"] >= 0
+    assert (
+        table["agents"]["ground-truth-oracle"]["success_by_trial"][-1]
+        >= (table["agents"]["react"]["success_by_trial"][-1])
+    )
+    report = json.loads(retro_ray_cli(tmp_path, "report", str(run_dir), "--json"))
+    out = Path(report["index_html"]).parent
+    for figure in ("success_by_trial", "reflection_reward", "throughput", "cost"):
+        assert (out / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "retroformer" in (out / "index.html").read_text().lower()
 
 
 @pytest.mark.slow
