@@ -78,6 +78,9 @@ class ServeConfig:
     """vLLM on GPU: share of the GPU's memory the engine may take (weights and KV cache)."""
     dtype: str | None = None
     """vLLM weight dtype; None: ``auto`` on GPU (bf16 for most checkpoints), float32 on CPU."""
+    engine_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    """vLLM's log level in the replicas (``VLLM_LOGGING_LEVEL``); INFO shows engine start-up and
+    shutdown in the driver's output."""
     cpu_threads: int = 1
     """torch / vLLM CPU threads per replica."""
     kv_cache_gib: int = 1

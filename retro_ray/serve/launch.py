@@ -155,7 +155,12 @@ def deployment_options(s: ServeConfig) -> dict[str, Any]:
     """Serve deployment options of the replicas: resources, threads, replicas or autoscaling."""
     actor_options: dict[str, Any] = {
         "num_cpus": s.replica_cpus,
-        "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(s.cpu_threads)}},
+        "runtime_env": {
+            "env_vars": {
+                "OMP_NUM_THREADS": str(s.cpu_threads),
+                "VLLM_LOGGING_LEVEL": s.engine_log_level,
+            }
+        },
     }
     if s.replica_gpus:
         actor_options["num_gpus"] = s.replica_gpus
