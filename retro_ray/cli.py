@@ -122,20 +122,14 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
     )
     rep.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (run.output_dir/run.name)")
     rep.add_argument("--out", default=None, metavar="DIR", help="default: RUN_DIR/report")
-    rep.add_argument(
-        "--price-prompt",
-        type=float,
-        default=Prices.prompt_per_mtok,
-        metavar="USD_PER_MTOK",
-        help="actor prompt tokens, USD per million (default: %(default)s)",
-    )
-    rep.add_argument(
-        "--price-completion",
-        type=float,
-        default=Prices.completion_per_mtok,
-        metavar="USD_PER_MTOK",
-        help="actor completion tokens, USD per million (default: %(default)s)",
-    )
+    for part in ("prompt", "completion"):
+        rep.add_argument(
+            f"--price-{part}",
+            type=float,
+            default=getattr(Prices, f"{part}_per_mtok"),
+            metavar="USD_PER_MTOK",
+            help=f"actor {part} tokens, USD per million (default: %(default)s)",
+        )
     rep.add_argument("--json", action="store_true", help="print report.json to stdout")
     rep.set_defaults(handler=_report)
 
