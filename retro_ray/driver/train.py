@@ -52,7 +52,9 @@ def log(message: str) -> None:
 
 def connect_ray(num_cpus: int | None = None) -> None:
     """Join the cluster of a submitted job (RAY_ADDRESS) or a running session; else start a
-    local one with logical CPUs declared (2-core machines deadlock on real CPU accounting)."""
+    local one with logical CPUs declared (2-core machines deadlock on real CPU accounting) and
+    the dashboard: users watch it, and Ray Train's placement-group cleaner polls the state API
+    it serves (without it the cleaner warns every few seconds)."""
     import ray
 
     if ray.is_initialized():
@@ -60,7 +62,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus or 8, include_dashboard=False)
+        ray.init(num_cpus=num_cpus or 8, include_dashboard=True)
 
 
 def resolve_models(cfg: Config) -> Config:
