@@ -90,3 +90,10 @@ def test_env_list(capsys) -> None:
     assert main(["env", "list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in BUILTINS)
+
+
+def test_train_rejects_a_learner_that_would_not_publish_every_batch(capsys, tmp_path) -> None:
+    argv = ["train", "--set", "learner.checkpoint_every=2", "--set", f"run.output_dir={tmp_path}"]
+    assert main(argv) == EXIT_CONFIG
+    assert "learner.checkpoint_every=1" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before any work: nothing written

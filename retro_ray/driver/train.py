@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro_ray.config import Config, to_dict
+from retro_ray.config import Config, ConfigError, to_dict
 from retro_ray.envs.registry import make_env_from_config
 
 
@@ -212,7 +212,18 @@ def dropped_iterations(metrics_path: Path) -> set[int]:
     return {r["iteration"] for r in records if r.get("dropped")}
 
 
+def check_online(cfg: Config) -> None:
+    """What online training needs beyond a valid tree; checked before any cluster work."""
+    if cfg.learner.checkpoint_every != 1:
+        raise ConfigError(
+            f"learner.checkpoint_every: bad value {cfg.learner.checkpoint_every}; retro-ray train "
+            "publishes each adapter with its checkpoint, and the next collection waits for it: "
+            "set learner.checkpoint_every=1 (larger values are for offline training)"
+        )
+
+
 def run_train(cfg: Config) -> dict[str, Any]:
+    check_online(cfg)
     from transformers import AutoTokenizer
 
     from retro_ray.learner.distributed import DistributedLearner
