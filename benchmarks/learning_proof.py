@@ -83,7 +83,8 @@ async def oracle_rewards(runner: GroupRunner, failed: list[FailedTrial]) -> list
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     torch.set_num_threads(args.threads)
-    actor_dir, retro_dir = resolve_models(args)
+    # In a thread: a zoo build runs its own event loop (asyncio.run), and blocks for minutes.
+    actor_dir, retro_dir = await asyncio.to_thread(resolve_models, args)
     cfg = load_config(None, args.set)
     learner: LearnerConfig = cfg.learner
     train: TrainConfig = replace(

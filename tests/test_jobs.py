@@ -126,7 +126,6 @@ def test_two_point_sweep_job(head: LocalHead, tmp_path: Path) -> None:
 TRAIN_TINY = REPO / "configs" / "train_tiny.yaml"
 
 
-@pytest.mark.skipif(not TRAIN_TINY.exists(), reason="configs/train_tiny.yaml not written yet")
 def test_tiny_train_job(head: LocalHead, tmp_path: Path) -> None:
     """``jobs/train.py`` runs ``retro-ray train`` against the job's cluster."""
     from ray.job_submission import JobSubmissionClient

@@ -203,13 +203,13 @@ class BatchFlow:
             time.sleep(0.1)
 
 
-def dropped_iterations(metrics_path: Path) -> set[int]:
-    """Iterations whose batch an earlier run dropped as too stale (not in the learner's cursor:
-    a resumed run must not count them as applied)."""
+def earlier_records(metrics_path: Path) -> dict[int, dict[str, Any]]:
+    """The iterations an earlier run of this directory finished (``metrics.jsonl``): a resumed
+    run keeps their records and gates instead of writing and running them again."""
     if not metrics_path.is_file():
-        return set()
+        return {}
     records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
-    return {r["iteration"] for r in records if r.get("dropped")}
+    return {r["iteration"]: r for r in records}
 
 
 def check_online(cfg: Config) -> None:
@@ -277,7 +277,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
         ):
             flow = BatchFlow(learner, app, gauges, cfg.learner.max_staleness, registry_cfg.name)
             applied_before = learner.state().get("acked", 0)  # batches of an earlier run
-            dropped_before = dropped_iterations(metrics_path)
+            earlier = earlier_records(metrics_path)
             in_flight: InFlight | None = None  # overlap: the batch training during collection
             for it in range(iterations):
                 chunk = tasks[it * per_iteration : (it + 1) * per_iteration]
@@ -295,7 +295,9 @@ def run_train(cfg: Config) -> dict[str, Any]:
                 if in_flight is not None:  # overlap: the batch trained during this collection
                     write(flow.settle(in_flight))
                     in_flight = None
-                fresh = bool(groups) and it not in dropped_before
+                # A batch an earlier run dropped as too stale is not in the learner's cursor.
+                fresh = bool(groups) and not earlier.get(it, {}).get("dropped")
+                submitted = False
                 if fresh and applied_before > 0:  # in the learner's checkpoint already
                     applied_before -= 1
                 elif fresh:
@@ -308,6 +310,10 @@ def run_train(cfg: Config) -> dict[str, Any]:
                     )
                     record.update(stats)
                     in_flight = flow.submit(batch, stats, record)
+                    submitted = True
+                if it in earlier and not submitted:  # finished by an earlier run
+                    history.append(earlier[it])
+                    continue
                 if in_flight is not None and (not cfg.train.overlap or it + 1 == iterations):
                     flow.settle(in_flight)  # synchronous, or the last batch before the gate
                     in_flight = None
