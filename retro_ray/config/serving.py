@@ -78,6 +78,9 @@ class ServeConfig:
     """vLLM on GPU: share of the GPU's memory the engine may take (weights and KV cache)."""
     dtype: str | None = None
     """vLLM weight dtype; None: ``auto`` on GPU (bf16 for most checkpoints), float32 on CPU."""
+    access_log: bool = True
+    """Log every request in the replicas (Serve's access log; it reaches the driver's output):
+    on for a service, off for training runs, where it is thousands of lines."""
     engine_log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
     """vLLM's log level in the replicas (``VLLM_LOGGING_LEVEL``); INFO shows engine start-up and
     shutdown in the driver's output."""

@@ -168,6 +168,7 @@ def deployment_options(s: ServeConfig) -> dict[str, Any]:
         "name": f"{s.app_name}-server",
         "max_ongoing_requests": s.max_ongoing_requests,
         "ray_actor_options": actor_options,
+        "logging_config": {"enable_access_log": s.access_log},
     }
     if s.autoscaling:
         options["autoscaling_config"] = {
