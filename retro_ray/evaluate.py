@@ -75,16 +75,3 @@ async def close_clients(loop: TrialLoop) -> None:
 def run_evaluation(cfg: Config, out_dir: Path, label: str = "eval") -> dict[str, Any]:
     return asyncio.run(evaluate(cfg, out_dir, label))
 
-
-def format_table(rows: dict[str, dict[str, Any]]) -> str:
-    """Cumulative success after each trial, one row per agent."""
-    if not rows:
-        return ""
-    n_trials = max(len(s["success_by_trial"]) for s in rows.values())
-    width = max(len(name) for name in rows) + 2
-    header = "agent".ljust(width) + "".join(f"trial {k + 1:<4}" for k in range(n_trials))
-    lines = [header, "-" * len(header)]
-    for name, s in rows.items():
-        cells = "".join(f"{v:<10.2f}" for v in s["success_by_trial"])
-        lines.append(name.ljust(width) + cells)
-    return "\n".join(lines)

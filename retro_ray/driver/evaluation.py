@@ -78,7 +78,8 @@ async def play_local(
     progress: bool = True,
 ) -> None:
     """Play every unfinished (agent, seed, task) on this event loop; each lands in ``log``."""
-    clients = clients or Clients()
+    given = clients or Clients()
+    clients = Clients(given.actor, dict(given.reflectors))  # the caller's stays as it was
     built: list[LLMClient] = []
     if clients.actor is None and cfg.actor.policy == "llm":
         clients.actor = actor_client(cfg.actor)
