@@ -74,4 +74,3 @@ async def close_clients(loop: TrialLoop) -> None:
 
 def run_evaluation(cfg: Config, out_dir: Path, label: str = "eval") -> dict[str, Any]:
     return asyncio.run(evaluate(cfg, out_dir, label))
-
