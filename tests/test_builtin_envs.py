@@ -12,10 +12,11 @@ from collections.abc import Callable
 
 import pytest
 
-from retro_ray.envs.base import Step, Task, Trajectory, split_of
+from retro_ray.envs.base import Task, Trajectory, split_of
 from retro_ray.envs.builtin import HouseholdEnv, LookupEnv, ShopEnv
 from retro_ray.envs.builtin.common import BuiltinEnv
 from retro_ray.envs.registry import get_spec
+from tests.support.episodes import play as play_actions
 
 ENVS: dict[str, Callable[[], BuiltinEnv]] = {
     "lookup": LookupEnv,
@@ -26,15 +27,8 @@ Policy = Callable[[BuiltinEnv, int], str]  # (env, step index) -> action
 
 
 def play(env: BuiltinEnv, task: Task, policy: Policy, trial: int = 0) -> Trajectory:
-    trajectory = Trajectory(task=task, trial=trial, first_observation=env.reset(task))
-    for step_index in range(env.max_steps):
-        action = policy(env, step_index)
-        result = env.step(action)
-        trajectory.steps.append(Step(action, result.observation, result.reward))
-        if result.done:
-            break
-    trajectory.won, trajectory.score, trajectory.done = env.won, env.score, env.done
-    return trajectory
+    actions = (policy(env, step_index) for step_index in range(env.max_steps))
+    return play_actions(env, task, actions, trial)
 
 
 def scripted_policy(memory: list[str], seed: str) -> Policy:

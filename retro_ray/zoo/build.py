@@ -138,15 +138,19 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
     )
 
     shape = recipe.model
-    model = init_llama(
-        tokenizer,
-        hidden_size=shape.hidden_size,
-        num_layers=shape.num_layers,
-        num_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=shape.max_positions,
-        seed=recipe.seed,
-    )
+
+    def new_model(seed: int) -> Any:
+        return init_llama(
+            tokenizer,
+            hidden_size=shape.hidden_size,
+            num_layers=shape.num_layers,
+            num_heads=shape.num_heads,
+            intermediate_size=shape.intermediate_size,
+            max_position_embeddings=shape.max_positions,
+            seed=seed,
+        )
+
+    model = new_model(recipe.seed)
     stages = (
         ("actor", recipe.actor_sft, [(s.text, s.spans) for s in data.actor]),
         ("retrospective", recipe.retro_sft, [reflection_span(e) for e in data.reflections]),
@@ -154,15 +158,7 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
     reports: dict[str, Any] = {}
     for offset, (name, schedule, texts) in enumerate(stages):
         if name == "retrospective" and not recipe.retro_from_actor:
-            model = init_llama(
-                tokenizer,
-                hidden_size=shape.hidden_size,
-                num_layers=shape.num_layers,
-                num_heads=shape.num_heads,
-                intermediate_size=shape.intermediate_size,
-                max_position_embeddings=shape.max_positions,
-                seed=recipe.seed + offset,
-            )
+            model = new_model(recipe.seed + offset)
         examples = [encode_spans(tokenizer, text, spans) for text, spans in texts]
         kept = [e for e in examples if len(e.input_ids) <= shape.max_positions]
         pad_id = tokenizer.pad_token_id

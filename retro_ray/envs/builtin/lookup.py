@@ -120,6 +120,19 @@ class Advice:
     right: str | None  # the candidate a reflection names as the one meant
 
 
+def searched_candidates(trajectory: Trajectory, listed: list[str]) -> tuple[list[str], str | None]:
+    """The candidates of the trial's last listing (``listed`` when it saw none) and the last
+    listed candidate it searched (None: it searched none)."""
+    followed = None
+    for step in trajectory.steps:
+        if match := _LISTING.match(step.observation):
+            listed = [n.strip() for n in match.group(2).split(",")]
+        parsed = bracket_action(step.action)
+        if parsed and parsed[0] == "search" and parsed[1] in listed:
+            followed = parsed[1]
+    return listed, followed
+
+
 def read_advice(reflections: Sequence[str]) -> Advice:
     """What the oracle and ground-truth phrasings say, in whatever order they were written."""
     wrong: set[str] = set()
@@ -222,17 +235,8 @@ class LookupEnv(BuiltinEnv):
         """Names the candidates that failed trials ruled out (this one and those the earlier
         reflections named) and the listed candidates still open: nothing the trials did not show."""
         prior = read_advice(memory)
-        listed: list[str] = list(prior.suggested)
-        followed = None
-        finished_wrong = False
-        for step in trajectory.steps:
-            if match := _LISTING.match(step.observation):
-                listed = [n.strip() for n in match.group(2).split(",")]
-            parsed = bracket_action(step.action)
-            if parsed and parsed[0] == "search" and parsed[1] in listed:
-                followed = parsed[1]
-            if step.observation.startswith("Wrong answer"):
-                finished_wrong = True
+        listed, followed = searched_candidates(trajectory, list(prior.suggested))
+        finished_wrong = any(s.observation.startswith("Wrong answer") for s in trajectory.steps)
         wrong = set(prior.wrong)
         if finished_wrong and followed:
             wrong.add(followed)
@@ -256,14 +260,7 @@ class LookupEnv(BuiltinEnv):
         never tried and sends the next trial back to the one that failed (or calls it the right
         one). Training data for the retrospective base, whose samples must vary in quality."""
         first_name = asked_first_name(trajectory.first_observation)
-        listed: list[str] = []
-        followed = None
-        for step in trajectory.steps:
-            if match := _LISTING.match(step.observation):
-                listed = [n.strip() for n in match.group(2).split(",")]
-            parsed = bracket_action(step.action)
-            if parsed and parsed[0] == "search" and parsed[1] in listed:
-                followed = parsed[1]
+        listed, followed = searched_candidates(trajectory, [])
         if not listed:
             return f"The answer is {rng.choice(CITIES)}. Finish with it at once."
         followed = followed or rng.choice(listed)
