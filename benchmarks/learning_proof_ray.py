@@ -117,7 +117,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         target = RegistryTarget(
             str(work / "registry"), cfg.registry.name, cfg.registry.max_lora_rank
         )
-        from retro_ray.serve.registry import AdapterRegistry
+        from retro_ray.registry import AdapterRegistry
 
         with DistributedLearner(retro_dir, learner_cfg, work / "online", registry=target) as lrn:
             registry = AdapterRegistry(target.root, retro_dir, target.name, target.max_lora_rank)

@@ -112,7 +112,7 @@ def test_two_workers_make_the_single_worker_update(ray_cluster, model_dir, tmp_p
             learner.submit(batch)
         final = learner.finish(timeout_s=300)
         metrics = learner.metrics()
-    from retro_ray.serve.registry import AdapterRegistry
+    from retro_ray.registry import AdapterRegistry
 
     reg = AdapterRegistry(registry.root, model_dir, max_lora_rank=8)
     after_one = [v for v in reg.versions() if reg.get(v).step == 1]
@@ -164,7 +164,7 @@ def test_online_mode_collects_with_the_published_adapter(ray_cluster, zoo_tiny, 
     from retro_ray.config import load_config
     from retro_ray.learner.local import LocalRetroformer
     from retro_ray.learner.online import OnlineRetroformer
-    from retro_ray.serve.registry import AdapterRegistry
+    from retro_ray.registry import AdapterRegistry
 
     cfg = load_config()
     envs = ("lookup",)

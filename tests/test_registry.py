@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from retro_ray.serve.controller import AliasController, ModelNotFound
-from retro_ray.serve.gate import PromotionGate, gated_promote
-from retro_ray.serve.registry import AdapterRegistry, RegistryState
-from retro_ray.serve.runtime import ReplicaRuntime
-from retro_ray.serve.validation import (
+from retro_ray.registry import AdapterRegistry, RegistryState
+from retro_ray.registry.validation import (
     AdapterRejected,
     check_adapter_name,
     is_valid_model_name,
     model_hash,
 )
+from retro_ray.serve.controller import AliasController, ModelNotFound
+from retro_ray.serve.gate import PromotionGate, gated_promote
+from retro_ray.serve.runtime import ReplicaRuntime
 from tests.support.tiny_model import TinyModel, build_tiny_model
 
 

@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from retro_ray.config import Config, load_config
+from retro_ray.registry.validation import AdapterRejected, file_sha256
 from retro_ray.serve.launch import RunningApp, start, stop
 from retro_ray.serve.loadgen import RequestStream, failures, monotone_per_client
-from retro_ray.serve.validation import AdapterRejected, file_sha256
 from tests.support.tiny_model import TinyModel, build_adapter, build_tiny_model
 
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from retro_ray.config.checks import in_range, positive, require
+from retro_ray.registry import PROD_ALIAS
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class ReflectorConfig:
     )
     """Where the retrospective model is served (``--agent reflexion`` asks for ``endpoint.model``:
     a frozen model, which may be the actor itself)."""
-    trained_model: str = "prod"
+    trained_model: str = PROD_ALIAS
     """Model name or adapter alias of the trained reflector, asked for by ``--agent retroformer``
     at the same endpoint (our Serve app: ``prod`` is the promoted adapter, ``train`` the latest)."""
     instruction: str = (

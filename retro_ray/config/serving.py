@@ -10,7 +10,7 @@ from retro_ray.config.checks import in_range, positive, require
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """The adapter registry (``retro_ray.serve.registry``): the learner publishes into it, the
+    """The adapter registry (``retro_ray.registry``): the learner publishes into it, the
     promotion gate and operators move its aliases, serving hot-swaps what it says."""
 
     root: str = "runs/registry"

@@ -195,11 +195,11 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
 
 def trained_version(cfg: Config) -> tuple[Any, int]:
     """The run's registry and its ``prod`` version (``train`` when nothing was promoted)."""
-    from retro_ray.serve.registry import AdapterRegistry
+    from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
     registry = AdapterRegistry(cfg.registry.root, cfg.serve.model_dir, cfg.registry.name)
     aliases = registry.state().aliases
-    version = aliases.get("prod") or aliases.get("train", 0)
+    version = aliases.get(PROD_ALIAS) or aliases.get(TRAIN_ALIAS, 0)
     if not version:
         raise ValueError(f"the registry {cfg.registry.root} holds no adapter: train first")
     return registry, version

@@ -44,6 +44,7 @@ from typing import Any
 
 from retro_ray.config import Config, ConfigError, to_dict
 from retro_ray.envs.registry import make_env_from_config
+from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS
 
 
 def log(message: str) -> None:
@@ -98,7 +99,7 @@ def wait_until_served(controller: Any, version: int, timeout_s: float = 120.0) -
     import ray
 
     start = time.monotonic()
-    while ray.get(controller.table.remote())["aliases"].get("train", 0) < version:
+    while ray.get(controller.table.remote())["aliases"].get(TRAIN_ALIAS, 0) < version:
         if time.monotonic() - start > timeout_s:
             raise TimeoutError(f"adapter version {version} not served after {timeout_s:.0f}s")
         time.sleep(0.2)
@@ -158,7 +159,7 @@ class BatchFlow:
         oldest = min((self.step_of(v) for v in versions), default=None)
         record.update(
             submit_step=cursor,
-            submit_version=self.app.registry.state().aliases.get("train", 0),
+            submit_version=self.app.registry.state().aliases.get(TRAIN_ALIAS, 0),
             staleness=None if oldest is None else cursor - oldest,
         )
         if oldest is None:
@@ -184,7 +185,7 @@ class BatchFlow:
         t0 = time.monotonic()
         self.learner.wait_applied(flight.seq + 1)
         record["learn_wait_s"] = time.monotonic() - t0
-        record["version"] = version = self.app.registry.state().aliases.get("train", 0)
+        record["version"] = version = self.app.registry.state().aliases.get(TRAIN_ALIAS, 0)
         record["swap_s"] = wait_until_served(self.app.controller, version)
         step_metrics = self.applied_metrics(flight.seq)
         if step_metrics:
@@ -322,7 +323,9 @@ def run_train(cfg: Config) -> dict[str, Any]:
                     write(record)  # else once its batch is applied, after the next collection
                 if (it + 1) % cfg.train.promote_every == 0 or it + 1 == iterations:
                     decision = asyncio.run(
-                        gated_promote(app.registry, collect_cfg, "train", out_dir=run_dir / "gate")
+                        gated_promote(
+                            app.registry, collect_cfg, TRAIN_ALIAS, out_dir=run_dir / "gate"
+                        )
                     )
                     log(f"promotion gate: {decision.reason}")
     finally:
@@ -332,8 +335,8 @@ def run_train(cfg: Config) -> dict[str, Any]:
         "run": cfg.run.name,
         "iterations": len(history),
         "overlap": cfg.train.overlap,
-        "train_version": aliases.get("train", 0),
-        "prod_version": aliases.get("prod", 0),
+        "train_version": aliases.get(TRAIN_ALIAS, 0),
+        "prod_version": aliases.get(PROD_ALIAS, 0),
         "reward_by_iteration": [h.get("reward_mean") for h in history],
         "collect_s": sum(h["collect_s"] for h in history),
         "learn_wait_s": sum(h.get("learn_wait_s", 0.0) for h in history),

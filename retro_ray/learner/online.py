@@ -25,6 +25,7 @@ from retro_ray.learner.checkpoint import ADAPTER_DIR, read_state
 from retro_ray.learner.distributed import DistributedLearner
 from retro_ray.learner.groups import FailedTrial
 from retro_ray.learner.local import LocalRetroformer
+from retro_ray.registry import TRAIN_ALIAS
 
 
 class OnlineRetroformer:
@@ -35,7 +36,7 @@ class OnlineRetroformer:
     ) -> None:
         self.retro = retro
         self.learner = learner
-        self.registry = registry  # retro_ray.serve.registry.AdapterRegistry, when publishing
+        self.registry = registry  # retro_ray.registry.AdapterRegistry, when publishing
         self.sampler_step = 0  # learner steps in the sampler's adapter (0: the base)
         self.history: list[dict[str, float]] = []
 
@@ -56,7 +57,7 @@ class OnlineRetroformer:
     def _newest_adapter(self) -> tuple[Path | None, int]:
         if self.registry is not None:
             try:
-                version = self.registry.resolve("train")
+                version = self.registry.resolve(TRAIN_ALIAS)
             except KeyError:
                 return None, 0
             return self.registry.verify(version), self.registry.get(version).step

@@ -55,7 +55,7 @@ every rank makes the same calls."""
 
 @dataclass(frozen=True)
 class RegistryTarget:
-    """Where rank 0 publishes adapters (``retro_ray.serve.registry.AdapterRegistry``)."""
+    """Where rank 0 publishes adapters (``retro_ray.registry.AdapterRegistry``)."""
 
     root: str
     name: str = "retro"
@@ -126,7 +126,7 @@ def _next_batch(queue: Any, seq: int) -> QueuedBatch | None:
 
 def _publish(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
     """Publish the adapter to the registry as ``train``; its version."""
-    from retro_ray.serve.registry import AdapterRegistry
+    from retro_ray.registry import TRAIN_ALIAS, AdapterRegistry
 
     target = job.registry
     assert target is not None
@@ -135,7 +135,7 @@ def _publish(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         policy.save_adapter(tmp)
         config_hash = learner_config_hash(job.config, job.base_dir)
-        meta = registry.publish(tmp, step=step, config_hash=config_hash, alias="train")
+        meta = registry.publish(tmp, step=step, config_hash=config_hash, alias=TRAIN_ALIAS)
     return meta.version
 
 

@@ -39,11 +39,12 @@ from retro_ray.config import Config
 from retro_ray.envs.base import Task
 from retro_ray.learner.groups import FailedTrial, ReflectionGroup, play_branches
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.registry import TRAIN_ALIAS
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow, now_utc
 
 TRAIN_MODE = "train"
 MODES: tuple[str, ...] = (TRAIN_MODE, *AGENTS)
-TRAIN_ADAPTER = "train"
+TRAIN_ADAPTER = TRAIN_ALIAS
 """Alias of the learner's latest adapter on the retrospective server (collection samples it)."""
 
 T = TypeVar("T")

@@ -31,6 +31,8 @@ from starlette.exceptions import HTTPException
 from retro_ray.agents.prompts import clean_reflection, reflection_prompt
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.registry import AdapterRegistry
+from retro_ray.registry.validation import AdapterRejected, is_valid_model_name
 from retro_ray.serve.guard import ReplicaSettings, RequestGuard, make_engine
 from retro_ray.serve.openai_api import (
     APIError,
@@ -43,9 +45,7 @@ from retro_ray.serve.openai_api import (
     error_response,
     models_response,
 )
-from retro_ray.serve.registry import AdapterRegistry
 from retro_ray.serve.runtime import CapacityError, ReplicaRuntime
-from retro_ray.serve.validation import AdapterRejected, is_valid_model_name
 
 logger = logging.getLogger(__name__)
 GREEDY_BELOW = 1e-5

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import Any
 
 from retro_ray.config import Config, load_config
+from retro_ray.registry import ALIASES, PROD_ALIAS, TRAIN_ALIAS
 
 
 def add_serve_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> None:
@@ -35,31 +36,31 @@ def add_serve_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> 
     pub.add_argument("--score", type=float, default=None, help="its evaluation score")
     pub.add_argument("--config-hash", default="", help="hash of the training config")
     pub.add_argument("--base-model-hash", default=None, help="hash of the base it trained on")
-    pub.add_argument("--alias", default="train", choices=["train", "prod", "none"])
+    pub.add_argument("--alias", default=TRAIN_ALIAS, choices=[*ALIASES, "none"])
     pub.set_defaults(handler=_publish)
     promote = actions.add_parser("promote", help="point an alias at a version (no gate)")
     add_config_args(promote)
     promote.add_argument("version", help="number, retro@N or alias")
-    promote.add_argument("--alias", default="prod", choices=["train", "prod"])
+    promote.add_argument("--alias", default=PROD_ALIAS, choices=ALIASES)
     promote.add_argument("--reason", default="manual")
     promote.set_defaults(handler=_promote)
     back = actions.add_parser("rollback", help="point an alias back at an earlier version")
     add_config_args(back)
     back.add_argument("version", nargs="?", default=None, help="default: the previous one")
-    back.add_argument("--alias", default="prod", choices=["train", "prod"])
+    back.add_argument("--alias", default=PROD_ALIAS, choices=ALIASES)
     back.add_argument("--reason", default="manual rollback")
     back.set_defaults(handler=_rollback)
     gate = actions.add_parser(
         "gate", help="evaluate a candidate and promote it to prod if it passes"
     )
     add_config_args(gate)
-    gate.add_argument("--candidate", default="train")
+    gate.add_argument("--candidate", default=TRAIN_ALIAS)
     gate.set_defaults(handler=_gate)
 
 
 def open_registry(cfg: Config) -> Any:
+    from retro_ray.registry import AdapterRegistry
     from retro_ray.serve.launch import resolve_model_dir
-    from retro_ray.serve.registry import AdapterRegistry
 
     r = cfg.registry
     return AdapterRegistry(r.root, resolve_model_dir(cfg), r.name, r.max_lora_rank)

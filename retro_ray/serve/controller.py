@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from retro_ray.serve.registry import ALIASES, RegistryState
+from retro_ray.registry import ALIASES, PROD_ALIAS, RegistryState
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class AliasController:
         if model == self.base_model_name:
             return Resolution(0, self.base_model_name, self.epoch)
         if model in (self.adapter_name, *ALIASES):
-            version = self.served.get("prod" if model == self.adapter_name else model, 0)
+            version = self.served.get(PROD_ALIAS if model == self.adapter_name else model, 0)
         else:
             head, _, tail = model.partition("@")
             if head != self.adapter_name or not tail.isdigit():

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from retro_ray.config import Config
-from retro_ray.serve.registry import AdapterRegistry
+from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,14 @@ class EndpointEvaluation:
 async def gated_promote(
     registry: AdapterRegistry,
     cfg: Config,
-    candidate: int | str = "train",
+    candidate: int | str = TRAIN_ALIAS,
     measure: Measure | None = None,
     out_dir: Path | None = None,
 ) -> GateDecision:
     """Evaluate ``candidate`` against the current ``prod`` (or the base model) and promote it if
     the gate passes; the decision and its reason are logged and recorded either way."""
     version = registry.resolve(candidate)
-    current = registry.state().aliases.get("prod", 0)
+    current = registry.state().aliases.get(PROD_ALIAS, 0)
     cand_name, cur_name = registry.version_name(version), registry.version_name(current)
     measure = measure or EndpointEvaluation(cfg, out_dir or Path(cfg.registry.root) / "gate")
     gate = PromotionGate(cfg.registry.gate_margin)
@@ -104,7 +104,7 @@ async def gated_promote(
     decision = gate.decide(candidate_return, current_return, cand_name, cur_name)
     registry.record("gate", **dataclasses.asdict(decision))
     if decision.promote:
-        registry.promote(version, "prod", reason=decision.reason)
+        registry.promote(version, PROD_ALIAS, reason=decision.reason)
         logger.info("promoted: %s", decision.reason)
     else:
         logger.warning("promotion rejected: %s", decision.reason)

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from retro_ray.config import Config, ServeConfig
+from retro_ray.registry import AdapterRegistry
 from retro_ray.serve.controller import AliasController, RegistryWatcher, Resolution, SwapResult
 from retro_ray.serve.guard import ReplicaSettings, token_digest
-from retro_ray.serve.registry import AdapterRegistry
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "retro_ray"

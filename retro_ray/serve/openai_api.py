@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from retro_ray.llm.base import Completion
+from retro_ray.registry import PROD_ALIAS
 
 MAX_PROMPTS = 16
 
@@ -115,7 +116,7 @@ class ReflectRequest(BaseModel):
     reflections: Annotated[
         list[Annotated[Text, Field(max_length=2_000)]], Field(max_length=16)
     ] = []
-    model: ModelName = "prod"
+    model: ModelName = PROD_ALIAS
     max_tokens: Annotated[int, Field(ge=1)] = 64
     temperature: Temperature = 0.0
     top_p: TopP = 1.0

@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro_ray.serve.validation import (
+from retro_ray.registry.validation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LLAMA_LORA_MODULES,
@@ -51,8 +51,11 @@ from retro_ray.serve.validation import (
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
-ALIASES = ("train", "prod")
-"""``train``: the learner's latest (collection samples from it); ``prod``: what users get."""
+TRAIN_ALIAS = "train"
+"""The learner's latest adapter: collection samples from it."""
+PROD_ALIAS = "prod"
+"""The promoted adapter: what users get (the gate or an operator moves it)."""
+ALIASES = (TRAIN_ALIAS, PROD_ALIAS)
 
 
 @dataclass(frozen=True)
@@ -195,7 +198,7 @@ class AdapterRegistry:
         eval_score: float | None = None,
         config_hash: str = "",
         base_model_hash: str | None = None,
-        alias: str | None = "train",
+        alias: str | None = TRAIN_ALIAS,
     ) -> AdapterVersion:
         """Validate and store a new version (and point ``alias`` at it). ``base_model_hash`` is
         what the writer trained on; when given it must equal the registry's. Raises
@@ -243,12 +246,14 @@ class AdapterRegistry:
         self._event("publish", version=version, name=meta.name, step=step, alias=alias)
         return meta
 
-    def promote(self, version: int | str, alias: str = "prod", reason: str = "") -> int:
+    def promote(self, version: int | str, alias: str = PROD_ALIAS, reason: str = "") -> int:
         """Point ``alias`` at ``version`` (the gate calls this after the candidate proved not
         worse); the previous target is kept in the alias history for rollback."""
         return self._set_alias(alias, version, "promote", reason)
 
-    def rollback(self, alias: str = "prod", to: int | str | None = None, reason: str = "") -> int:
+    def rollback(
+        self, alias: str = PROD_ALIAS, to: int | str | None = None, reason: str = ""
+    ) -> int:
         """Point ``alias`` back at ``to`` (any earlier version), or at its previous target."""
         if to is None:
             history = self._read_index()["alias_history"].get(alias, [])

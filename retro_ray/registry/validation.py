@@ -1,4 +1,5 @@
-"""Checks on everything that enters the serving path: names, base models, LoRA adapters.
+"""Checks on everything that enters the adapter registry (and so the serving path): names, base
+models, LoRA adapters.
 
 An adapter is admitted to the registry only if it is loadable by the engine *and* safe to load:
 
