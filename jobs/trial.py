@@ -49,12 +49,15 @@ class SweepSpec:
     def point_sets(self, index: int) -> list[str]:
         """All overrides of point ``index``: common, the point's, then its run name and output.
 
-        A training point also gets its own Serve application name: Serve runs one application
-        per name per cluster, so points that overlap must not share one.
+        A training point also gets its own Serve application name (Serve runs one application
+        per name per cluster, so points that overlap must not share one) and its own adapter
+        registry, even where the base config sets ``registry.root``: points sharing one would
+        serve and gate each other's adapters.
         """
         own = [f"run.name={self.run_name(index)}", f"run.output_dir={self.runs_dir}"]
         if self.command == "train":
             own.append(f"serve.app_name={self.run_name(index)}")
+            own.append(f"registry.root={Path(self.runs_dir) / self.run_name(index) / 'registry'}")
         return [*self.sets, *overrides(self.points[index]), *own]
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_ray.registry import AdapterRegistry, RegistryState
+from retro_ray.registry import AdapterRegistry, RegistryOwnedByAnotherRun, RegistryState
 from retro_ray.registry.validation import (
     AdapterRejected,
     check_adapter_name,
@@ -167,6 +167,77 @@ def test_names_are_validated() -> None:
             check_adapter_name(bad)
     assert all(is_valid_model_name(m) for m in ("prod", "retro@3", "retrospective", "gpt-4o"))
     assert not any(is_valid_model_name(m) for m in ("../etc", "a/b", "retro@x", "", "..", "x@1@2"))
+
+
+# -- one registry per run ------------------------------------------------------------------------
+
+
+def run_config(tmp_path: Path, tiny: TinyModel, run: str, *extra: str):
+    from retro_ray.config import load_config
+
+    return load_config(
+        None,
+        [
+            f"run.name={run}",
+            f"run.output_dir={tmp_path / 'runs'}",
+            f"serve.model_dir={tiny.model_dir}",
+            "registry.max_lora_rank=8",
+            *extra,
+        ],
+    )
+
+
+def test_runs_in_one_tree_get_their_own_registries(tiny: TinyModel, tmp_path: Path) -> None:
+    from retro_ray.serve.cli import open_registry
+
+    a, b = (run_config(tmp_path, tiny, run) for run in ("a", "b"))
+    assert a.registry_dir == tmp_path / "runs" / "a" / "registry"
+    assert b.registry_dir == tmp_path / "runs" / "b" / "registry"
+    reg_a = open_registry(a)
+    reg_a.publish(tiny.adapters["a"])
+    reg_b = open_registry(b)
+    assert reg_b.state().aliases == {} and reg_b.versions() == []
+    index = json.loads((a.registry_dir / "registry.json").read_text())
+    assert index["run"] == "a" and reg_a.owner == "a" and reg_b.owner == "b"
+
+
+def test_another_runs_registry_is_refused_unless_shared(tiny: TinyModel, tmp_path: Path) -> None:
+    from retro_ray.serve.cli import open_registry
+
+    shared_root = f"registry.root={tmp_path / 'one-registry'}"
+    open_registry(run_config(tmp_path, tiny, "a", shared_root)).publish(tiny.adapters["a"])
+    with pytest.raises(RegistryOwnedByAnotherRun) as refused:
+        open_registry(run_config(tmp_path, tiny, "b", shared_root))
+    message = str(refused.value)
+    assert "belongs to run 'a', not to run 'b'" in message
+    assert "registry.shared=true" in message and "<run dir>/registry" in message
+    opened = open_registry(run_config(tmp_path, tiny, "b", shared_root, "registry.shared=true"))
+    assert opened.owner == "a" and opened.resolve("train") == 1
+
+
+def test_a_registry_without_an_owner_becomes_the_first_runs(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    """Registries written before owners were recorded: the first run to open one claims it."""
+    assert registry.owner is None
+    AdapterRegistry(registry.root, tiny.model_dir, run="a")
+    with pytest.raises(RegistryOwnedByAnotherRun):
+        AdapterRegistry(registry.root, tiny.model_dir, run="b")
+
+
+def test_sweep_training_points_get_distinct_registries(tiny: TinyModel, tmp_path: Path) -> None:
+    from jobs.trial import SweepSpec
+    from retro_ray.config import load_config
+
+    spec = SweepSpec(
+        name="sw",
+        command="train",
+        sweep_dir=str(tmp_path / "sweep"),
+        points=[{"run.seed": 0}, {"run.seed": 1}],
+        sets=[f"registry.root={tmp_path / 'fixed'}"],  # a base config that pins one registry
+    )
+    dirs = [load_config(None, spec.point_sets(i)).registry_dir for i in range(2)]
+    assert dirs == [tmp_path / "sweep" / "runs" / f"sw-00{i}" / "registry" for i in range(2)]
 
 
 # -- the controller: two-phase swap -----------------------------------------------------------

@@ -13,8 +13,12 @@ class RegistryConfig:
     """The adapter registry (``retro_ray.registry``): the learner publishes into it, the
     promotion gate and operators move its aliases, serving hot-swaps what it says."""
 
-    root: str = "runs/registry"
-    """Directory of the registry (versions, ``registry.json``, ``events.jsonl``)."""
+    root: str | None = None
+    """Directory of the registry (versions, ``registry.json``, ``events.jsonl``); None: the run's
+    own, ``<run.output_dir>/<run.name>/registry``. A registry belongs to the run that created it."""
+    shared: bool = False
+    """Let this run open a registry another run owns (off: that is refused, because the run would
+    serve, gate and evaluate the other run's adapters)."""
     name: str = "retro"
     """Adapter name: version N is served as ``name@N`` (never reused), alias ``name`` is ``prod``."""
     max_lora_rank: int = 16
@@ -25,7 +29,7 @@ class RegistryConfig:
     """Validation-split tasks the promotion gate evaluates each side on."""
 
     def validate(self, key: str) -> None:
-        require(bool(self.root), f"{key}.root", self.root, "a directory")
+        require(self.root is None or bool(self.root), f"{key}.root", self.root, "a directory")
         require(
             self.name.replace("_", "a").replace("-", "a").isalnum(),
             f"{key}.name",

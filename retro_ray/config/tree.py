@@ -55,3 +55,9 @@ class Config:
     @property
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name
+
+    @property
+    def registry_dir(self) -> Path:
+        """``registry.root``, or the run's own ``<run dir>/registry`` when unset."""
+        root = self.registry.root
+        return Path(root) if root is not None else self.run_dir / "registry"

@@ -193,15 +193,19 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
     return load_config(path, list(overrides))
 
 
-def trained_version(cfg: Config) -> tuple[Any, int]:
-    """The run's registry and its ``prod`` version (``train`` when nothing was promoted)."""
+def trained_version(cfg: Config, run_dir: Path) -> tuple[Any, int]:
+    """The run's registry (its own, ``<run_dir>/registry``, unless ``registry.root`` is set) and
+    its ``prod`` version (``train`` when nothing was promoted)."""
     from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
-    registry = AdapterRegistry(cfg.registry.root, cfg.serve.model_dir, cfg.registry.name)
+    root = Path(cfg.registry.root) if cfg.registry.root is not None else run_dir / "registry"
+    registry = AdapterRegistry(
+        root, cfg.serve.model_dir, cfg.registry.name, run=cfg.run.name, shared=cfg.registry.shared
+    )
     aliases = registry.state().aliases
     version = aliases.get(PROD_ALIAS) or aliases.get(TRAIN_ALIAS, 0)
     if not version:
-        raise ValueError(f"the registry {cfg.registry.root} holds no adapter: train first")
+        raise ValueError(f"the registry {root} holds no adapter: train first")
     return registry, version
 
 
@@ -220,7 +224,7 @@ def evaluate_run(
         raise ValueError(
             f"{run_dir} used endpoint models; evaluate it with --config and the endpoints"
         )
-    registry, version = trained_version(cfg)
+    registry, version = trained_version(cfg, run_dir)
     name = registry.version_name(version)
     reflector = dataclasses.replace(
         cfg.reflector,

@@ -240,7 +240,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    registry_cfg = dataclasses.replace(cfg.registry, root=str(Path(cfg.registry.root).resolve()))
+    registry_cfg = dataclasses.replace(cfg.registry, root=str(cfg.registry_dir.resolve()))
     cfg = dataclasses.replace(cfg, registry=registry_cfg)
     connect_ray()
     tokenizer = AutoTokenizer.from_pretrained(cfg.serve.model_dir)

@@ -13,6 +13,7 @@ from retro_ray.registry.store import (
     TRAIN_ALIAS,
     AdapterRegistry,
     AdapterVersion,
+    RegistryOwnedByAnotherRun,
     RegistryState,
 )
 from retro_ray.registry.validation import AdapterRejected
@@ -24,5 +25,6 @@ __all__ = [
     "AdapterRegistry",
     "AdapterRejected",
     "AdapterVersion",
+    "RegistryOwnedByAnotherRun",
     "RegistryState",
 ]

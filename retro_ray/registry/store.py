@@ -6,8 +6,9 @@ imports Ray: the registry is a directory any process can open.
 
 On-disk format (``format: 1``)::
 
-    <root>/registry.json           name, base_model_hash, base_config_sha256, revision, next_version,
-                                   aliases {"train": 3, "prod": 2}, alias_history {"prod": [1, 2]}
+    <root>/registry.json           name, run (the owning run), base_model_hash, base_config_sha256,
+                                   revision, next_version, aliases {"train": 3, "prod": 2},
+                                   alias_history {"prod": [1, 2]}
     <root>/versions/<N>/           adapter_config.json, adapter_model.safetensors, metadata.json
     <root>/events.jsonl            publish / promote / rollback / reject events, one JSON a line
     <root>/registry.lock           fcntl lock: one writer at a time, across processes
@@ -87,13 +88,23 @@ class RegistryState:
     versions: tuple[int, ...]
 
 
+class RegistryOwnedByAnotherRun(ValueError):
+    """A run opened a registry another run owns: it would serve, gate and evaluate the other
+    run's adapters (and its staleness would count the other run's versions)."""
+
+
 class AdapterRegistry:
     """Versioned LoRA adapters of one base model under ``root``.
 
     ``base_model_dir`` gives the shapes every adapter is checked against, and its hash, which is
     recorded at creation (the full hash once; reopening compares only ``config.json``, so a CLI
     call does not re-read gigabytes of weights): opening it with another architecture is an
-    error, and a publish claiming another base model's hash is rejected."""
+    error, and a publish claiming another base model's hash is rejected.
+
+    ``run`` names the run that opens it: the first run to open a registry owns it (``run`` in
+    ``registry.json``), and another run opening it raises ``RegistryOwnedByAnotherRun`` unless
+    ``shared`` (``registry.shared``: runs that mean to share one). Processes that only follow a
+    registry the run's driver already opened (replicas, the learner) pass no ``run``."""
 
     def __init__(
         self,
@@ -102,6 +113,9 @@ class AdapterRegistry:
         name: str = "retro",
         max_lora_rank: int = 16,
         supported_modules: frozenset[str] = LLAMA_LORA_MODULES,
+        *,
+        run: str | None = None,
+        shared: bool = False,
     ) -> None:
         self.root = Path(root)
         self.name = check_adapter_name(name)
@@ -119,12 +133,14 @@ class AdapterRegistry:
                     raise ValueError(f"registry {self.root} holds {index['name']!r} adapters")
                 if index["base_config_sha256"] != config_sha:
                     raise ValueError(f"registry {self.root} belongs to another base model")
+                self._check_owner(index, run, shared)
             else:
                 self.base_model_hash = model_hash(self.base_model_dir)
                 self._write_index(
                     {
                         "format": FORMAT,
                         "name": self.name,
+                        "run": run,
                         "base_model_hash": self.base_model_hash,
                         "base_config_sha256": config_sha,
                         "revision": 0,
@@ -133,6 +149,26 @@ class AdapterRegistry:
                         "alias_history": {},
                     }
                 )
+        self.owner: str | None = self._read_index().get("run")
+
+    def _check_owner(self, index: dict[str, Any], run: str | None, shared: bool) -> None:
+        """Refuse another run's registry (unless ``shared``); a registry written before owners
+        were recorded becomes the opening run's."""
+        owner = index.get("run")
+        if run is None or owner == run:
+            return
+        if owner is None:
+            index["run"] = run
+            self._write_index(index)
+            return
+        if not shared:
+            raise RegistryOwnedByAnotherRun(
+                f"registry {self.root} belongs to run {owner!r}, not to run {run!r}: run {run!r} "
+                f"would serve, gate and evaluate {owner!r}'s adapters. Give run {run!r} its own "
+                "registry (leave registry.root unset: it defaults to <run dir>/registry, or set "
+                "registry.root to a new directory), or set registry.shared=true if the runs are "
+                "meant to share it"
+            )
 
     # -- reading ------------------------------------------------------------------------------
 

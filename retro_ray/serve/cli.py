@@ -63,7 +63,14 @@ def open_registry(cfg: Config) -> Any:
     from retro_ray.serve.launch import resolve_model_dir
 
     r = cfg.registry
-    return AdapterRegistry(r.root, resolve_model_dir(cfg), r.name, r.max_lora_rank)
+    return AdapterRegistry(
+        cfg.registry_dir,
+        resolve_model_dir(cfg),
+        r.name,
+        r.max_lora_rank,
+        run=cfg.run.name,
+        shared=r.shared,
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -94,7 +94,7 @@ async def gated_promote(
     version = registry.resolve(candidate)
     current = registry.state().aliases.get(PROD_ALIAS, 0)
     cand_name, cur_name = registry.version_name(version), registry.version_name(current)
-    measure = measure or EndpointEvaluation(cfg, out_dir or Path(cfg.registry.root) / "gate")
+    measure = measure or EndpointEvaluation(cfg, out_dir or cfg.registry_dir / "gate")
     gate = PromotionGate(cfg.registry.gate_margin)
     if version == current:
         decision = gate.decide(0.0, 0.0, cand_name, cur_name)

@@ -95,7 +95,7 @@ def replica_settings(cfg: Config, model_dir: Path) -> ReplicaSettings:
         model_dir=str(model_dir),
         model_name=s.model_name,
         adapter_name=cfg.registry.name,
-        registry_root=str(Path(cfg.registry.root).resolve()),
+        registry_root=str(cfg.registry_dir.resolve()),
         controller_name=f"retro_ray_controller:{s.app_name}",
         namespace=NAMESPACE,
         max_lora_rank=cfg.registry.max_lora_rank,
@@ -135,7 +135,12 @@ def start(cfg: Config) -> RunningApp:
     model_dir = resolve_model_dir(cfg)
     settings = replica_settings(cfg, model_dir)
     registry = AdapterRegistry(
-        settings.registry_root, model_dir, cfg.registry.name, cfg.registry.max_lora_rank
+        settings.registry_root,
+        model_dir,
+        cfg.registry.name,
+        cfg.registry.max_lora_rank,
+        run=cfg.run.name,
+        shared=cfg.registry.shared,
     )
     actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(ControllerService)
     controller = actor_cls.options(name=settings.controller_name, namespace=NAMESPACE).remote(
