@@ -93,3 +93,13 @@ def test_overlap_needs_a_staleness_of_at_least_one() -> None:
         assert fragment in message
     cfg = load_config(None, ["train.overlap=true", "learner.max_staleness=1"])
     assert cfg.train.overlap and not load_config().train.overlap
+
+
+def test_overlap_needs_the_importance_ratio_of_ppo_clip() -> None:
+    """Overlap trains one step off-policy: a loss without the ratio would not correct it."""
+    from retro_ray.driver.train import check_online
+
+    cfg = load_config(None, ["train.overlap=true", "learner.loss.name=reinforce"])
+    with pytest.raises(ConfigError, match=r"learner\.loss\.name.*ppo_clip"):
+        check_online(cfg)
+    check_online(load_config(None, ["train.overlap=true"]))  # ppo_clip, the default

@@ -85,3 +85,30 @@ def test_saved_adapter_serves_the_trained_policy(model_dir, tmp_path) -> None:
         expected = trained[i][batch.loss_mask[i].bool()].tolist()
         assert served[i] == pytest.approx(expected, abs=1e-4)
         assert len(ids) == len(expected)
+
+
+def test_a_stale_batch_is_importance_corrected_against_the_sampler(model_dir) -> None:
+    """``train.overlap``: a batch sampled by the adapter before the learner's last step keeps the
+    sampler's log-probs as the old ones, so the PPO ratio departs from 1 by exactly how far the
+    adapter moved; an on-policy batch has them recomputed (ratio exactly 1)."""
+    import time
+
+    from retro_ray.algo import masked_mean
+    from retro_ray.learner.queue import QueuedBatch
+    from retro_ray.learner.train_loop import LearnerJob, apply_batch
+
+    policy = make_policy(model_dir, name="ppo_clip")
+    job = LearnerJob(str(model_dir), policy.config, queue=None, checkpoint_dir="unused")
+    stale = sampled_batch(policy, [1.0, -1.0, 0.5, -0.5])  # sampled by the adapter at step 0
+    fresh = sampled_batch(policy, [1.0, -1.0])
+    on_policy = apply_batch(policy, job, QueuedBatch(0, fresh, 0, time.time()), cursor=0)
+    assert on_policy["staleness"] == 0 and on_policy["old_logprobs_from_sampler"] == 0.0
+    assert on_policy["ratio_mean"] == 1.0
+
+    mask = stale.loss_mask
+    want = masked_mean(torch.exp(policy.current_logprobs(stale) - stale.old_logprobs), mask)
+    metrics = apply_batch(policy, job, QueuedBatch(1, stale, 0, time.time()), cursor=1)
+    assert metrics["staleness"] == 1 and metrics["old_logprobs_from_sampler"] == 1.0
+    assert abs(metrics["ratio_mean"] - 1.0) > 1e-3  # the adapter moved between sample and update
+    assert metrics["ratio_mean"] == pytest.approx(float(want), rel=1e-4)
+    assert metrics["approx_kl_old"] > 0.0

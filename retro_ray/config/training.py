@@ -145,8 +145,9 @@ class TrainConfig:
     iteration always runs the gate."""
     overlap: bool = False
     """Collect iteration i+1 while the learner trains on iteration i: one step off-policy
-    (``ppo_clip``'s importance ratio uses the logged sampler log-probs); needs
-    ``learner.max_staleness >= 1``."""
+    (``ppo_clip``'s importance ratio uses the logged sampler log-probs as the old ones for a
+    batch sampled by an older adapter); needs ``learner.max_staleness >= 1`` and
+    ``learner.loss.name: ppo_clip``."""
 
     def validate(self, key: str) -> None:
         require(self.group_size >= 2, f"{key}.group_size", self.group_size, "an integer >= 2")

@@ -17,9 +17,11 @@ collects iteration ``i + 1`` at once, while the learner trains and the Serve app
 adapter in mid-collection (each row records the ``adapter_version`` that wrote it). Before it
 submits batch ``i + 1`` it waits until batch ``i`` is applied and served, so one batch at most is in
 flight and the data is at most one learner step behind the weights it updates (``ppo_clip``'s
-ratio against the logged sampler log-probs corrects for it). Each iteration's record in
-``metrics.jsonl`` holds the versions its collection used and that ``staleness``; a batch staler
-than ``learner.max_staleness`` is dropped, never trained on.
+ratio against the logged sampler log-probs corrects for it: the learner keeps the sampler's
+log-probs as the old ones for a batch sampled by an older adapter, see
+``retro_ray.learner.policy``; so overlap needs ``learner.loss.name=ppo_clip``). Each iteration's
+record in ``metrics.jsonl`` holds the versions its collection used and that ``staleness``; a batch
+staler than ``learner.max_staleness`` is dropped, never trained on.
 
 Timing per record: ``collect_s`` (the collection), ``learn_wait_s`` and ``swap_s`` (how long the
 driver waited for the iteration's batch to be applied, then served; with overlap that wait comes
@@ -220,6 +222,13 @@ def check_online(cfg: Config) -> None:
             f"learner.checkpoint_every: bad value {cfg.learner.checkpoint_every}; retro-ray train "
             "publishes each adapter with its checkpoint, and the next collection waits for it: "
             "set learner.checkpoint_every=1 (larger values are for offline training)"
+        )
+    if cfg.train.overlap and cfg.learner.loss.name != "ppo_clip":
+        raise ConfigError(
+            f"learner.loss.name: bad value {cfg.learner.loss.name!r} with train.overlap: true; "
+            "overlap trains on batches sampled by the previous adapter, and only ppo_clip's "
+            "importance ratio (against the sampler's log-probs) corrects for that: set "
+            "learner.loss.name=ppo_clip or train.overlap=false"
         )
 
 

@@ -138,11 +138,15 @@ class DistributedLearner:
     def submit(
         self,
         batch: ReflectionBatch,
-        collected_step: int = 0,
+        collected_step: int | None = None,
         info: dict[str, float] | None = None,
         timeout_s: float = 600.0,
     ) -> int:
-        """Queue a global batch (waiting for the staleness bound); its sequence number."""
+        """Queue a global batch (waiting for the staleness bound); its sequence number.
+
+        ``collected_step``: learner steps in the adapter that sampled the batch. A batch sampled
+        by an older adapter than the one it updates keeps its sampler log-probs as the PPO
+        ratio's old log-probs (importance correction); ``None`` declares it on-policy."""
         import ray
 
         batch.check_shapes()

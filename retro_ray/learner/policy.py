@@ -5,6 +5,17 @@ loop, never re-tokenised), ``update`` takes one optimizer step on a ``Reflection
 pure-torch loss of ``retro_ray.algo``, ``save_adapter`` writes a peft adapter directory
 (safetensors) that the torch and vLLM backends load by name. The reference policy of the KL
 penalty is the same model with the adapter disabled, so no second copy is held in memory.
+
+Old log-probs (the denominator of the PPO ratio), decided by :func:`recompute_old_logprobs`:
+
+- **on-policy** (the batch was sampled by the adapter the update starts from): the learner
+  recomputes them under its current weights, so the ratio starts at exactly 1 and the sampler's
+  log-probs (vLLM's) only measure the sampler/learner mismatch (``engine_logprob_mismatch``);
+- **stale** (``train.overlap``, or any batch sampled by an older adapter than the learner now
+  holds): they are the sampler's own, as logged with the tokens, because they are the behaviour
+  policy's; recomputing them would make the ratio 1 and silently drop the importance correction.
+  ``old_logprobs_from_sampler`` in the metrics says which was used;
+- **offline** (``recompute_old=False`` throughout): the log's, always.
 """
 
 from __future__ import annotations
@@ -34,6 +45,16 @@ from retro_ray.llm.torch_decode import DecodedRow, Decoder
 _GLOBAL_SUMS = frozenset({"loss", "pg_loss"})
 """Metrics that ``policy_loss`` divides by the step's normaliser: summed over micro-batches (and
 workers), not token-weighted like the per-token means."""
+
+
+def recompute_old_logprobs(batch: ReflectionBatch, staleness: int) -> bool:
+    """Whether an online update recomputes the old log-probs (see the module docstring).
+
+    ``staleness``: learner steps between the adapter that sampled ``batch`` and the weights the
+    update starts from. A stale batch keeps the sampler's log-probs where it has them (the
+    importance ratio corrects for the adapter having moved); without them (a foreign sampler)
+    there is nothing to correct with, and the learner's own are the only ones there are."""
+    return staleness <= 0 or batch.old_logprobs is None
 
 
 class GradSync(Protocol):
@@ -106,7 +127,8 @@ class ReflectorPolicy:
         With ``sync`` the batch is this worker's shard of a global batch: the count is summed
         over workers (the global normaliser) and so are the gradients, so every worker takes the
         step one worker would take on the whole batch. ``recompute_old=False`` keeps the batch's
-        own old log-probs (offline: the behaviour policy's, for the importance ratio)."""
+        own old log-probs: the behaviour policy's, for the importance ratio (offline, and stale
+        online batches: :func:`recompute_old_logprobs`)."""
         batch.check_shapes()
         cfg = self.config
         start = time.monotonic()
@@ -126,6 +148,9 @@ class ReflectorPolicy:
                 metrics["engine_logprob_mismatch"] = float(gap.mean()) if gap.numel() else 0.0
         else:
             old = batch.old_logprobs
+        metrics["old_logprobs_from_sampler"] = float(
+            not recompute_old and batch.old_logprobs is not None
+        )
         # The reference is computed even without a KL penalty: KL to the base is the first thing
         # to watch when the adapter drifts (one no-grad forward pass).
         ref = self.reference_logprobs(batch)

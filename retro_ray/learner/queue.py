@@ -70,17 +70,21 @@ class BatchQueue:
     async def put(
         self,
         batch: ReflectionBatch,
-        collected_step: int = 0,
+        collected_step: int | None = None,
         info: dict[str, float] | None = None,
     ) -> int | None:
-        """Queue a global batch; its sequence number, or ``None`` while ``max_pending`` wait."""
+        """Queue a global batch; its sequence number, or ``None`` while ``max_pending`` wait.
+
+        ``collected_step``: learner steps in the adapter that sampled it; ``None``: the weights it
+        will update (the caller vouches that it is on-policy, staleness 0)."""
         async with self._changed:
             if self._closed:
                 raise RuntimeError("the batch queue is closed")
             if self.pending() >= self.max_pending:
                 return None
             seq = self._next_seq
-            self._items[seq] = QueuedBatch(seq, batch, collected_step, time.time(), info or {})
+            step = seq if collected_step is None else collected_step
+            self._items[seq] = QueuedBatch(seq, batch, step, time.time(), info or {})
             self._next_seq += 1
             self._changed.notify_all()
             return seq

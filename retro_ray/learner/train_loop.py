@@ -40,7 +40,7 @@ from retro_ray.learner.checkpoint import (
     load_checkpoint,
 )
 from retro_ray.learner.metrics import batch_metrics
-from retro_ray.learner.policy import ReflectorPolicy
+from retro_ray.learner.policy import ReflectorPolicy, recompute_old_logprobs
 from retro_ray.learner.queue import QueuedBatch
 
 POLL_S = 1.0  # how long a worker waits in the queue before asking again
@@ -72,7 +72,8 @@ class LearnerJob:
     checkpoint_dir: str  # CheckpointStore root (shared storage on a multi-node cluster)
     registry: RegistryTarget | None = None
     seed: int = 0  # LoRA init: the same on every worker (and as in a single-process run)
-    recompute_old: bool = True  # False offline: the log's log-probs are the behaviour policy's
+    recompute_old: bool = True  # online: stale batches keep the sampler's (``apply_batch``);
+    # False offline: the log's log-probs are the behaviour policy's
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +140,30 @@ def _publish(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
     return meta.version
 
 
+def apply_batch(
+    policy: ReflectorPolicy,
+    job: LearnerJob,
+    item: QueuedBatch,
+    cursor: int,
+    rank: int = 0,
+    world: int = 1,
+    sync: TorchDistSync | None = None,
+) -> dict[str, float]:
+    """Train on this rank's shard of batch ``item`` (applied at ``cursor``); its metrics.
+
+    Old log-probs: a batch sampled by an older adapter than these weights (``train.overlap``)
+    keeps the sampler's, so the PPO ratio corrects for the staleness; an on-policy one has them
+    recomputed (:func:`~retro_ray.learner.policy.recompute_old_logprobs`); offline jobs
+    (``recompute_old=False``) always keep the log's."""
+    staleness = cursor - item.collected_step
+    recompute = job.recompute_old and recompute_old_logprobs(item.batch, staleness)
+    device = next(policy.model.parameters()).device
+    mine = shard(item.batch, rank, world).to(device)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        update = policy.update(mine, sync=sync, recompute_old=recompute)
+    return batch_metrics(update, item, cursor, world, time.time())
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """One worker of the long-lived ``fit()``: restore, then pull, update, report, until the
     queue is closed and drained."""
@@ -173,10 +198,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if item.seq != cursor:
             raise RuntimeError(f"queue returned batch {item.seq} for cursor {cursor}")
         fetched = time.monotonic()
-        mine = shard(item.batch, rank, world).to(device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            update = policy.update(mine, sync=sync, recompute_old=job.recompute_old)
-        metrics = batch_metrics(update, item, cursor, world, time.time())
+        metrics = apply_batch(policy, job, item, cursor, rank, world, sync)
         cursor += 1
         committed = time.monotonic()
         if cursor - saved_at >= job.config.checkpoint_every:
