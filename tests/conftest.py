@@ -1,4 +1,6 @@
-"""Session-scoped fixtures: one local Ray cluster for every test that needs one."""
+"""Session-scoped fixtures: one local Ray cluster for every test that needs one. The session
+also checks ``RETRO_RAY_REQUIRE_EXTRAS`` up front (see ``tests/support/extras.py``): a typo in
+it stops the run before any test, and the header says which extras must import."""
 
 from __future__ import annotations
 
@@ -6,8 +8,19 @@ import os
 
 import pytest
 
+from tests.support.extras import REQUIRE_ENV, required_extras
+
 # One torch/OMP thread per process: the CI machine has 2 cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    required_extras()  # raises pytest.UsageError on an unknown extra name
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    required = ", ".join(sorted(required_extras())) or "none (missing ones skip)"
+    return f"{REQUIRE_ENV}: {required}"
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,8 @@ policies and the reflectors.
 Reads ``../shared/data/alfworld/valid_unseen.tgz``. Every reset parses a game's PDDL (about half
 a second, more on a busy machine), so the games played here are a handful; the full 134-game
 expert check is ``retro-ray env play alfworld --policy expert --tasks 134``. The tests that play
-skip only when the ``alfworld`` package is missing (``make test`` installs it).
+skip when the ``alfworld`` package is missing, unless ``RETRO_RAY_REQUIRE_EXTRAS`` names the
+extra (``make test`` installs it and sets that): then they fail (``tests/support/extras.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from retro_ray.envs.benchmarks.alfworld_data import (
     unpack,
 )
 from retro_ray.envs.builtin.common import EPISODE_OVER, STEP_LIMIT_NOTE
+from tests.support.extras import require_alfworld
 
 VALID_UNSEEN = default_data_path() / "valid_unseen.tgz"
 
@@ -46,7 +48,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def env(cache: Path):
-    pytest.importorskip("alfworld")
+    require_alfworld()
     from retro_ray.envs.benchmarks.alfworld_env import AlfworldEnv
 
     return AlfworldEnv(data_path=str(VALID_UNSEEN))
@@ -311,7 +313,7 @@ def test_games_from_a_folder_are_read_in_place(tmp_path: Path, env) -> None:
 
 
 def test_registered_with_options(cache: Path) -> None:
-    pytest.importorskip("alfworld")
+    require_alfworld()
     from retro_ray.config import ConfigError
     from retro_ray.envs.registry import make_env
 
@@ -323,7 +325,7 @@ def test_registered_with_options(cache: Path) -> None:
 
 @pytest.mark.slow
 def test_command_line_plays_alfworld(cache: Path, capsys, tmp_path: Path, monkeypatch) -> None:
-    pytest.importorskip("alfworld")
+    require_alfworld()
     import json
 
     from retro_ray.cli import EXIT_CONFIG, main

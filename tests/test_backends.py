@@ -17,6 +17,7 @@ import pytest
 
 from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.torch_backend import TorchBackend
+from tests.support.extras import require_vllm
 from tests.support.tiny_model import TinyModel, build_tiny_model
 
 LOGPROB_ATOL = 1e-3
@@ -159,7 +160,7 @@ class EngineLoop:
 
 @pytest.fixture(scope="module")
 def vllm_engine(tiny: TinyModel) -> Iterator[EngineLoop]:
-    pytest.importorskip("vllm", reason="vLLM is an optional extra (cpu or gpu)")
+    require_vllm()
     from retro_ray.llm.vllm_backend import VLLMBackend
 
     loop = asyncio.new_event_loop()

@@ -26,6 +26,7 @@ from retro_ray.config import Config, load_config
 from retro_ray.registry.validation import AdapterRejected, file_sha256
 from retro_ray.serve.launch import RunningApp, start, stop
 from retro_ray.serve.loadgen import RequestStream, failures, monotone_per_client
+from tests.support.extras import require_vllm
 from tests.support.tiny_model import TinyModel, build_adapter, build_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -430,7 +431,7 @@ def test_gated_promotion_evaluates_through_the_endpoint(served: Served, tmp_path
 
 
 def test_vllm_backend_behind_serve_hot_swaps(served: Served, tmp_path: Path) -> None:
-    pytest.importorskip("vllm", reason="vLLM is an optional extra (cpu or gpu)")
+    require_vllm()
     cfg = load_config(
         served.config_path,
         [

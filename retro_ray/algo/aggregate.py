@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from retro_ray.algo.logprobs import masked_mean, masked_sum
-from retro_ray.config import AggMode  # the one config tree declares the modes
+from retro_ray.config import AggMode as AggMode  # the config tree declares the modes (re-exported)
 
 AGG_MODES: tuple[str, ...] = typing.get_args(AggMode)
 

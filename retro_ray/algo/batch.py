@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,14 +76,14 @@ class ReflectionBatch:
 
     def select(self, index: Tensor) -> ReflectionBatch:
         """Rows ``index`` (a (k,) long tensor) of every field."""
-        changes = {}
+        changes: dict[str, Any] = {}  # each field keeps its own type (Tensor or None)
         for f in fields(self):
             value = getattr(self, f.name)
             changes[f.name] = None if value is None else value[index.to(value.device)]
         return replace(self, **changes)
 
     def to(self, device: torch.device | str) -> ReflectionBatch:
-        changes = {}
+        changes: dict[str, Any] = {}  # each field keeps its own type (Tensor or None)
         for f in fields(self):
             value = getattr(self, f.name)
             changes[f.name] = None if value is None else value.to(device)

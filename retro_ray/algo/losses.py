@@ -30,7 +30,7 @@ from torch import Tensor
 from retro_ray.algo.aggregate import aggregate
 from retro_ray.algo.kl import kl_penalty
 from retro_ray.algo.logprobs import masked_mean
-from retro_ray.config import PolicyLossConfig
+from retro_ray.config import PolicyLossConfig as PolicyLossConfig  # re-exported by algo
 
 # ---------------------------------------------------------------------------------------------
 # Policy-gradient losses: (B, T) token losses and (B, T) detached diagnostics
