@@ -86,8 +86,8 @@ def run_point(config: dict[str, Any], spec: SweepSpec) -> None:
         except SystemExit as exc:  # a trial error for Tune, not an interpreter exit
             raise RuntimeError(f"retro-ray {spec.command} exited with {exc.code}") from None
     summary = json.loads(summary_path.read_text())
-    if spec.command == "eval":  # a table of one agent
-        summary = summary["agents"][spec.agent]
+    if spec.command == "eval":  # a table of one agent, at its better decoding
+        summary = summary["agents"][summary["best"].get(spec.agent, spec.agent)]
     metrics = summary_metrics(summary)
     numeric = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
     tune.report({**numeric, "summary_json": json.dumps(metrics)})

@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_config_args(ev)
     from retro_ray.agents.build import AGENTS
-    from retro_ray.driver.eval_table import TABLE_AGENTS
+    from retro_ray.evaluation.conditions import DECODINGS, LLM_AGENTS, TABLE_AGENTS
 
     ev.add_argument(
         "--run",
@@ -79,6 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         choices=AGENTS,
         default=None,
         help=f"agent to evaluate; repeatable (default: {', '.join(TABLE_AGENTS)})",
+    )
+    ev.add_argument(
+        "--decoding",
+        action="append",
+        choices=DECODINGS,
+        default=None,
+        help=f"reflection decoding of {' and '.join(LLM_AGENTS)}; repeatable (default: both; "
+        "the headline compares each agent's better one)",
     )
     ev.add_argument("--seeds", type=int, default=1, help="evaluation seeds (test-task draws)")
     ev.add_argument("--tasks", type=int, default=None, help="test tasks per seed (env.num_tasks)")
@@ -130,6 +138,13 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
             metavar="USD_PER_MTOK",
             help=f"actor {part} tokens, USD per million (default: %(default)s)",
         )
+        rep.add_argument(
+            f"--price-reflector-{part}",
+            type=float,
+            default=None,
+            metavar="USD_PER_MTOK",
+            help=f"reflector {part} tokens, USD per million (default: the actor's price)",
+        )
     rep.add_argument("--json", action="store_true", help="print report.json to stdout")
     rep.set_defaults(handler=_report)
 
@@ -137,7 +152,13 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
 def _report(args: argparse.Namespace) -> int:
     from retro_ray.report import Prices, build_report
 
-    report = build_report(args.run_dir, args.out, Prices(args.price_prompt, args.price_completion))
+    prices = Prices(
+        args.price_prompt,
+        args.price_completion,
+        args.price_reflector_prompt,
+        args.price_reflector_completion,
+    )
+    report = build_report(args.run_dir, args.out, prices)
     print(json.dumps(report) if args.json else report["index_html"])
     return 0
 
@@ -158,6 +179,9 @@ def _add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--trials", type=int, default=3)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, default=1, help="torch threads")
+    ev.add_argument(
+        "--out", default=None, help="experience log directory (default: runs/zoo-eval/RECIPE)"
+    )
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.set_defaults(handler=_zoo_eval)
 
@@ -192,6 +216,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
     report = evaluate_zoo(
         built.actor_dir,
         built.retrospective_dir,
+        Path(args.out) if args.out else Path("runs") / "zoo-eval" / args.recipe,
         args.tasks,
         args.trials,
         seed=args.seed,
@@ -232,7 +257,9 @@ def _env_list(args: argparse.Namespace) -> int:
 
 
 def _env_play(args: argparse.Namespace) -> int:
-    from retro_ray.evaluate import run_evaluation
+    from retro_ray.evaluation.conditions import Condition
+    from retro_ray.evaluation.play import evaluate, read_rows
+    from retro_ray.rollout.experience import ExperienceLog
 
     overrides = [
         f"env.name={args.name}",
@@ -249,25 +276,30 @@ def _env_play(args: argparse.Namespace) -> int:
         overrides.append(f"env.data_path={args.data}")
     cfg = load_config(None, overrides)
     out = Path(cfg.run.output_dir) / "play" / f"{args.name.replace(':', '_')}-{args.policy}"
-    _clear(out)
-    summary = run_evaluation(cfg, out, label=f"{args.name} {args.policy}")
+    table = evaluate(cfg, [Condition("react")], [cfg.env.seed], out, progress=not args.json)
+    log = ExperienceLog(out / "experience")
+    rows = read_rows(log, table["conditions"], [cfg.env.seed], columns=("task_id", "return_after"))
+    row = table["agents"]["react"]
     result = {
         "env": args.name,
         "policy": args.policy,
         "split": args.split,
-        "tasks": summary["tasks"],
-        "mean_return": summary["mean_return_by_trial"][0],
-        "success_rate": summary["success_rate"],
+        "tasks": row["tasks"],
+        "mean_return": sum(r["return_after"] for r in rows) / max(1, len(rows)),
+        "success_rate": row["success_by_trial"][-1],
+        "log": table["log"],
     }
     print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from retro_ray.driver import evaluation
-    from retro_ray.driver.eval_table import TABLE_AGENTS, format_agent_table
+    from retro_ray.evaluation import play
+    from retro_ray.evaluation.conditions import DECODINGS, TABLE_AGENTS, conditions_for
+    from retro_ray.evaluation.table import format_agent_table
 
     agents = args.agent or list(TABLE_AGENTS)
+    decodings = tuple(dict.fromkeys(args.decoding or DECODINGS))
     overrides = list(args.set)
     if args.tasks is not None:
         overrides.append(f"env.num_tasks={args.tasks}")
@@ -280,12 +312,13 @@ def _eval(args: argparse.Namespace) -> int:
                 "--run evaluates a run's local models in this process: drop --config and "
                 "--executor (use --config with endpoint models for the ray executor)"
             )
-        table = evaluation.evaluate_run(Path(args.run), agents, args.seeds, overrides, out)
+        table = play.evaluate_run(Path(args.run), agents, args.seeds, overrides, out, decodings)
     else:
         cfg = load_config(args.config, overrides)
-        seeds = evaluation.evaluation_seeds(cfg, args.seeds)
+        seeds = play.evaluation_seeds(cfg, args.seeds)
         out = out or cfg.run_dir / "eval"
-        table = evaluation.evaluate_agents(cfg, agents, seeds, out, executor=args.executor)
+        conditions = conditions_for(agents, decodings)
+        table = play.evaluate(cfg, conditions, seeds, out, executor=args.executor)
     print(format_agent_table(table))
     print(f"table: {Path(table['log']).parent / 'table.json'}; episodes: {table['log']}")
     _emit_json(table, args.json)
@@ -321,13 +354,6 @@ def _demo(args: argparse.Namespace) -> int:
     from retro_ray.demo import run_demo
 
     return run_demo(args.tasks, Path(args.output_dir), seeds=args.seeds, overrides=args.set)
-
-
-def _clear(directory: Path) -> None:
-    results = directory / "results.jsonl"
-    if results.exists():
-        results.unlink()
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -26,9 +26,10 @@ TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
 def run_demo(
     tasks: int, output_dir: Path, seeds: int = 3, overrides: list[str] | None = None
 ) -> int:
-    from retro_ray.driver.eval_table import TABLE_AGENTS, format_agent_table
-    from retro_ray.driver.evaluation import evaluate_run
     from retro_ray.driver.train import run_train
+    from retro_ray.evaluation.conditions import TABLE_AGENTS
+    from retro_ray.evaluation.play import evaluate_run
+    from retro_ray.evaluation.table import format_agent_table
     from retro_ray.report import build_report
     from retro_ray.zoo.build import build_zoo
 
@@ -58,8 +59,8 @@ def run_demo(
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
     print(
         f"\nRetroformer ({table['adapter']}) on {cfg.env.name}: cumulative success by trial "
-        f"({tasks} test tasks x {seeds} seeds; reflections sampled at temperature "
-        f"{cfg.reflector.endpoint.temperature:g})"
+        f"({tasks} test tasks x {seeds} seeds; reflections greedy and sampled at temperature "
+        f"{cfg.train.temperature:g})"
     )
     print(format_agent_table(table))
     print(

@@ -11,6 +11,7 @@ score of the same tokens; the bound leaves room for other CPUs' kernels and bflo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
@@ -141,6 +142,37 @@ def test_seeded_sampling_does_not_depend_on_batch(torch_backend: TorchBackend) -
     )[0]
     assert alone.token_ids == batched.token_ids
     assert alone.token_ids != other_seed.token_ids
+
+
+def test_requests_with_different_seeds_share_a_batch(torch_backend: TorchBackend) -> None:
+    """Every evaluation request carries its own seed; concurrent ones still merge into one batch,
+    each row drawing from its own generator (as if it ran alone)."""
+    base = SamplingParams(max_tokens=10, temperature=1.0)
+    seeded = [dataclasses.replace(base, seed=100 + i) for i in range(len(PROMPTS))]
+    alone = [
+        run(torch_backend.generate([p], s))[0].token_ids
+        for p, s in zip(PROMPTS, seeded, strict=True)
+    ]
+    calls: list[int] = []
+    original = torch_backend.generate_sync
+
+    def counting(prompts, sampling, seeds=None):
+        calls.append(len(prompts))
+        return original(prompts, sampling, seeds)
+
+    torch_backend.generate_sync = counting  # type: ignore[method-assign]
+    try:
+
+        async def together():
+            return await asyncio.gather(
+                *(torch_backend.generate([p], s) for p, s in zip(PROMPTS, seeded, strict=True))
+            )
+
+        merged = [c[0].token_ids for c in run(together())]
+    finally:
+        del torch_backend.generate_sync
+    assert merged == alone
+    assert calls == [len(PROMPTS)]  # one batch for all the seeds
 
 
 # -- vLLM against the torch reference (one engine for the module) -------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from retro_ray.driver.eval_table import agent_table, format_agent_table
+from retro_ray.evaluation.table import agent_table, format_agent_table, paired_effect
 from retro_ray.report.data import eval_episodes, success_by_trial
 
 
@@ -57,7 +57,9 @@ def test_table_means_spread_gap_and_usage() -> None:
     reflexion, retro = table["agents"]["reflexion"], table["agents"]["retroformer"]
     assert reflexion["success_by_trial"] == [0.0, 0.25]
     assert retro["success_by_trial"] == [0.25, 0.75]
-    assert reflexion["spread"] == pytest.approx(0.25)  # finals 0.5 and 0.0
+    assert reflexion["spread"] == pytest.approx(0.5 / 2**0.5)  # sample stdev of 0.5 and 0.0
+    lo, hi = reflexion["ci95"]
+    assert 0.0 <= lo <= 0.25 <= hi <= 1.0
     assert retro["per_seed"] == {"0": 1.0, "1": 0.5} and retro["tasks"] == 4
     # (0.75 - 0.25) / (1.0 - 0.25)
     assert table["gap_closed"] == pytest.approx(2 / 3)
@@ -67,6 +69,8 @@ def test_table_means_spread_gap_and_usage() -> None:
     assert table["seeds"] == [0, 1]
     text = format_agent_table(table)
     assert "gap closed" in text and "0.67" in text and "0.750" in text
+    assert table["diff"] == pytest.approx(0.5)
+    assert table["diff_ci95"][0] <= 0.5 <= table["diff_ci95"][1]
 
 
 def test_no_gap_without_the_three_agents_or_an_oracle_above_reflexion() -> None:
@@ -75,3 +79,89 @@ def test_no_gap_without_the_three_agents_or_an_oracle_above_reflexion() -> None:
     flat = [r for r in LOG if r["mode"] != "trajectory-oracle"]
     flat += [{**r, "mode": "trajectory-oracle"} for r in LOG if r["mode"] == "reflexion"]
     assert agent_table(flat, trials=2)["gap_closed"] is None
+
+
+def test_each_agent_is_compared_at_its_better_decoding() -> None:
+    log = [
+        *rows("reflexion-greedy", 0, {"a": [False, True], "b": [False, False]}),
+        *rows("reflexion-sampled", 0, {"a": [False, False], "b": [False, False]}),
+        *rows("retroformer-greedy", 0, {"a": [False, False], "b": [False, False]}),
+        *rows("retroformer-sampled", 0, {"a": [True], "b": [False, True]}),
+        *rows("trajectory-oracle", 0, {"a": [True], "b": [True]}),
+    ]
+    table = agent_table(log, trials=2)
+    assert table["best"] == {
+        "reflexion": "reflexion-greedy",
+        "retroformer": "retroformer-sampled",
+        "trajectory-oracle": "trajectory-oracle",
+    }
+    assert table["agents"]["reflexion-greedy"]["decoding"] == "greedy"
+    # Retroformer sampled (1.0) against Reflexion greedy (0.5), not against its weaker 0.0.
+    assert table["diff"] == pytest.approx(0.5) and table["gap_closed"] == pytest.approx(1.0)
+    assert table["compared"]["reflexion"] == "reflexion-greedy"
+    # A tie goes to greedy.
+    tied = [r for r in log if not r["mode"].startswith("reflexion-greedy")]
+    tied += [{**r, "mode": "reflexion-greedy"} for r in log if r["mode"] == "reflexion-sampled"]
+    assert agent_table(tied, trials=2)["best"]["reflexion"] == "reflexion-greedy"
+
+
+def test_paired_effect_interval_covers_training_runs() -> None:
+    units = [(0, f"t{i}") for i in range(40)]
+    best = {"reflexion": "r", "retroformer": "t", "trajectory-oracle": "o"}
+
+    def run(trained_solves: int) -> dict:
+        return {
+            "r": {u: float(i < 10) for i, u in enumerate(units)},
+            "t": {u: float(i < trained_solves) for i, u in enumerate(units)},
+            "o": {u: float(i < 30) for i, u in enumerate(units)},
+        }
+
+    # Three training runs that agree: a clear gain; the interval is above zero.
+    steady = paired_effect({0: run(25), 1: run(25), 2: run(25)}, best)
+    assert steady["diff"] == pytest.approx(15 / 40)
+    assert steady["gap_closed"] == pytest.approx(15 / 20)
+    assert 0 < steady["diff_ci95"][0] < steady["diff"] < steady["diff_ci95"][1]
+    assert steady["training_runs"] == 3 and steady["tasks"] == 40
+    # Runs that disagree (one learned nothing): the same mean task gain is far less certain.
+    shaky = paired_effect({0: run(10), 1: run(30), 2: run(35)}, best)
+    width = lambda e: e["diff_ci95"][1] - e["diff_ci95"][0]  # noqa: E731
+    assert width(shaky) > width(steady)
+    assert paired_effect({0: {"r": {}, "t": {}}}, best) is None
+
+
+def scripted_config(tasks: int, trials: int = 2):
+    from retro_ray.config import load_config
+
+    return load_config(
+        None,
+        [
+            "env.name=lookup",
+            f"env.num_tasks={tasks}",
+            f"trials.max_trials={trials}",
+            "actor.policy=scripted",
+        ],
+    )
+
+
+def test_rows_are_keyed_by_what_made_them(tmp_path) -> None:
+    """A rerun reuses only episodes made the same way, and the table reads only the current
+    task list: fewer tasks count fewer, more trials play afresh."""
+    from retro_ray.evaluation.conditions import Condition
+    from retro_ray.evaluation.play import evaluate
+
+    conditions = [Condition("react"), Condition("trajectory-oracle")]
+
+    def files() -> set:
+        return set((tmp_path / "experience").rglob("part-*.parquet"))
+
+    first = evaluate(scripted_config(6), conditions, [0], tmp_path, progress=False)
+    assert first["agents"]["react"]["tasks"] == 6
+    played = files()
+    assert len(played) == 12
+    fewer = evaluate(scripted_config(3), conditions, [0], tmp_path, progress=False)
+    assert fewer["agents"]["react"]["tasks"] == 3 and files() == played  # reused, and only 3
+    assert fewer["conditions"] == first["conditions"]
+    longer = evaluate(scripted_config(3, trials=3), conditions, [0], tmp_path, progress=False)
+    assert set(longer["conditions"].values()).isdisjoint(first["conditions"].values())
+    assert len(files()) == 12 + 6 and longer["agents"]["react"]["tasks"] == 3
+    assert len(longer["agents"]["react"]["success_by_trial"]) == 3

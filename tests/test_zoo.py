@@ -137,15 +137,25 @@ def test_misleading_reflections_hurt_the_scripted_actor(env: str) -> None:
     assert success(MisleadingReflector()) < success(TrajectoryOracleReflector()) - 0.3
 
 
-def test_zoo_eval_reports_every_condition(zoo_tiny) -> None:
+def test_zoo_eval_reports_every_condition(zoo_tiny, tmp_path) -> None:
     from retro_ray.llm.torch_backend import TorchBackend
-    from retro_ray.zoo.evaluate import CONDITIONS, evaluate_reflections
+    from retro_ray.zoo.evaluate import evaluate_reflections
 
     actor = TorchBackend(zoo_tiny.actor_dir)
     retro = TorchBackend(zoo_tiny.retrospective_dir)
-    report = asyncio.run(evaluate_reflections(actor, retro, tasks=2, trials=2, log=lambda _: None))
-    assert report["tasks"] == 2 and set(report["per_env"]) == set(ENVS)
-    for condition in CONDITIONS:
-        assert 0.0 <= report[f"success_{condition}"] <= 1.0
-        for env in ENVS:
-            assert 0.0 <= report["per_env"][env][f"success_{condition}"] <= 1.0
+    report = evaluate_reflections(actor, retro, tmp_path, tasks=2, trials=2, progress=False)
+    assert report["tasks"] == 2 and set(report["families"]) == set(ENVS)
+    labels = {
+        "react",
+        "vague",
+        "reflexion-greedy",
+        "reflexion-sampled",
+        "trajectory-oracle",
+        "ground-truth-oracle",
+    }
+    assert set(report["mean"]) == labels
+    for env in ENVS:
+        family = report["families"][env]
+        assert set(family["success"]) == labels
+        assert family["best"]["reflexion"] in ("reflexion-greedy", "reflexion-sampled")
+        assert all(0.0 <= v <= 1.0 for v in family["success"].values())

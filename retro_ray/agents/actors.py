@@ -11,7 +11,7 @@ from typing import Protocol
 from retro_ray.agents.prompts import ParsedAction, actor_prompt, parse_action
 from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import BenchmarkEnv, ScriptedActorEnv
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.llm.base import Completion, LLMClient, SamplingParams, seeded
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ class LLMActor:
         prompt = actor_prompt(
             self.instruction, trajectory, reflections, self.scratchpad_max_chars, self.few_shot
         )
-        (completion,) = await self.client.generate([prompt], self.sampling)
+        # Each step of each trial draws its own sample: retries are independent, reruns identical.
+        key = f"{seed}|trial{trajectory.trial}|step{len(trajectory.steps)}"
+        (completion,) = await self.client.generate([prompt], seeded(self.sampling, key))
         return ActorTurn(parse_action(completion.text), completion)
 
 

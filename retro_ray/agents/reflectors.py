@@ -16,7 +16,7 @@ from typing import Protocol
 from retro_ray.agents.prompts import clean_reflection, reflection_prompt
 from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import BenchmarkEnv
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.llm.base import Completion, LLMClient, SamplingParams, seeded
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ class LLMReflector:
         self, env: TextEnv, trajectory: Trajectory, memory: Sequence[str], seed: str
     ) -> Reflection:
         prompt = reflection_prompt(self.instruction, trajectory, memory, self.trajectory_max_chars)
-        (completion,) = await self.client.generate([prompt], self.sampling)
+        (completion,) = await self.client.generate([prompt], seeded(self.sampling, seed))
         return Reflection(clean_reflection(completion.text, self.max_chars), prompt, completion)
 
 

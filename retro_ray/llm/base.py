@@ -4,6 +4,7 @@ engines, a scripted test responder) answers ``await client.generate(prompts, sam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -50,6 +51,21 @@ class UsageTotals:
         self.completion_tokens += completion.completion_tokens
         self.cost += completion.cost
         self.latencies_s.append(completion.latency_s)
+
+
+def derive_seed(key: str) -> int:
+    """The request seed of a sampled call, from the string that names what it is for (evaluation
+    seed, task, trial, sample): the same key always gives the same 31-bit seed, on every machine
+    and Python (unlike ``hash``), so a rerun asks every backend for the same samples."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") >> 1
+
+
+def seeded(sampling: SamplingParams, key: str) -> SamplingParams:
+    """``sampling`` with the seed of ``key`` when it samples; greedy requests stay unseeded (a
+    seed would change nothing but would keep them from sharing a batch in some engines)."""
+    if sampling.temperature <= 0:
+        return sampling
+    return dataclasses.replace(sampling, seed=derive_seed(key))
 
 
 @runtime_checkable

@@ -1,8 +1,8 @@
 """A local transformers model as an ``LLMClient``: the reference implementation the vLLM backend is
 tested against, and the fallback where vLLM is not installed.
 
-Concurrent ``generate`` calls with equal sampling parameters are merged into one left-padded batch
-(up to ``max_batch_size`` prompts): rollout workers run many episodes at once, each asking for one
+Concurrent ``generate`` calls with equal sampling parameters (the seed aside: every row draws from
+its own seeded generator) are merged into one left-padded batch (up to ``max_batch_size`` prompts): rollout workers run many episodes at once, each asking for one
 completion, and a batch of 64 costs little more than a batch of 1 on a small model. The blocking
 torch work runs in a thread (``asyncio.to_thread``) so the event loop keeps serving episodes.
 
@@ -13,6 +13,7 @@ is what vLLM v1 returns by default; at temperature 1 and top_p 1 they are the sa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from retro_ray.llm.torch_decode import Decoder
 @dataclass
 class _Pending:
     prompts: list[str]
+    seed: int | None  # each request keeps its own seed inside a merged batch
     future: asyncio.Future[list[Completion]]
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -104,7 +106,10 @@ class TorchBackend:
         if sampling.adapter is not None and sampling.adapter not in self._adapters.names:
             raise KeyError(f"unknown adapter {sampling.adapter!r}; loaded: {self.adapters}")
         future: asyncio.Future[list[Completion]] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(sampling, _Queue()).requests.append(_Pending(list(prompts), future))
+        pending = _Pending(list(prompts), sampling.seed, future)
+        self._queues.setdefault(dataclasses.replace(sampling, seed=None), _Queue()).requests.append(
+            pending
+        )
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain())
         return await future
@@ -125,8 +130,9 @@ class TorchBackend:
             if not queue.requests:
                 del self._queues[sampling]
             prompts = [p for request in batch for p in request.prompts]
+            seeds = [request.seed for request in batch for _ in request.prompts]
             try:
-                completions = await asyncio.to_thread(self.generate_sync, prompts, sampling)
+                completions = await asyncio.to_thread(self.generate_sync, prompts, sampling, seeds)
             except Exception as error:  # delivered to every caller of the failed batch
                 for request in batch:
                     if not request.future.done():
@@ -142,15 +148,23 @@ class TorchBackend:
                     request.future.set_result(mine)
                 start = end
 
-    def generate_sync(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
-        """Blocking generation, in chunks of ``max_batch_size`` prompts."""
+    def generate_sync(
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        seeds: Sequence[int | None] | None = None,
+    ) -> list[Completion]:
+        """Blocking generation, in chunks of ``max_batch_size`` prompts; ``seeds`` (one per
+        prompt) overrides ``sampling.seed`` row by row."""
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(prompts)
         out: list[Completion] = []
         for start in range(0, len(prompts), self.max_batch_size):
-            chunk = list(prompts[start : start + self.max_batch_size])
+            stop = start + self.max_batch_size
+            chunk = list(prompts[start:stop])
             began = time.perf_counter()
             with self._lock, torch.inference_mode(), self._adapters.active(sampling.adapter) as m:
                 decoder = Decoder(m, self.tokenizer, self.device, self.max_positions)
-                rows = decoder.run(chunk, sampling, self.eos_token_id)
+                rows = decoder.run(chunk, sampling, self.eos_token_id, seeds[start:stop])
             latency = time.perf_counter() - began
             model = self.name if sampling.adapter is None else f"{self.name}:{sampling.adapter}"
             for row in rows:

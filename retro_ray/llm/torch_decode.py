@@ -68,8 +68,14 @@ class Decoder:
         self.max_positions = max_positions
 
     def run(
-        self, prompts: Sequence[str], sampling: SamplingParams, eos_token_id: int
+        self,
+        prompts: Sequence[str],
+        sampling: SamplingParams,
+        eos_token_id: int,
+        seeds: Sequence[int | None] | None = None,
     ) -> list[DecodedRow]:
+        """Decode every prompt; row ``b`` samples from a generator seeded with ``seeds[b]``
+        (default: ``sampling.seed`` for every row; unseeded rows draw from torch's global RNG)."""
         encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
         ids = encoded["input_ids"].to(self.device)
         mask = encoded["attention_mask"].to(self.device)
@@ -78,10 +84,14 @@ class Decoder:
             raise ValueError(f"prompt of {max(lengths)} tokens exceeds {self.max_positions}")
         rows = [DecodedRow(prompt_tokens=n) for n in lengths]
         budgets = [min(sampling.max_tokens, self.max_positions - n) for n in lengths]
+        seeds = list(seeds) if seeds is not None else [sampling.seed] * len(prompts)
         generators = None
-        if sampling.seed is not None and sampling.temperature > 0:
+        if sampling.temperature > 0 and any(seed is not None for seed in seeds):
             generators = [
-                torch.Generator(device=self.device).manual_seed(sampling.seed) for _ in prompts
+                torch.Generator(device=self.device).manual_seed(
+                    int(torch.randint(0, 2**31 - 1, ()).item()) if s is None else s  # global RNG
+                )
+                for s in seeds
             ]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
