@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +20,7 @@ from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
 from retro_ray.rollout.experience import (
     SCHEMA,
     SCHEMA_VERSION,
+    EpisodeFenced,
     ExperienceLog,
     ExperienceRow,
     episode_file_name,
@@ -140,3 +143,76 @@ def test_training_rows_branch_once_and_continue_with_branch_zero(tmp_path: Path)
             # The chain goes on with branch 0: its reflection is in the next trial's memory.
             branch0 = branches.iloc[0]
             assert list(branch0["memory"])[-1] == branch0["reflection"]
+
+
+# -- crashes: durability, quarantine, fence ------------------------------------------------------
+
+
+def test_episode_file_and_its_directory_are_fsynced(tmp_path: Path, monkeypatch) -> None:
+    """The data is flushed before the rename, the partition directory after it: the task is in the
+    resume set only if its file survives a power cut. (The real fsync runs; this only records.)"""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    final = ExperienceLog(tmp_path).write_episode("r1", 0, "t1", [row("t1", 0)])
+    staged = [p for p in synced if p.endswith(".tmp") and final.name in p]
+    assert staged, f"the staged file was never fsynced: {synced}"
+    assert str(final.parent) in synced  # the rename
+    assert str(final.parent.parent) in synced and str(tmp_path) in synced  # new directories
+    assert synced.index(staged[0]) < synced.index(str(final.parent))
+
+
+def test_truncated_part_file_is_quarantined_and_its_task_replayed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = ExperienceLog(tmp_path)
+    log.write_episode("r1", 0, "t1", [row("t1", 0), row("t1", 1)])
+    torn = log.write_episode("r1", 0, "t2", [row("t2", 0, trajectory="x" * 5000)])
+    log.write_episode("r1", 1, "t3", [row("t3", 0)])
+    data = torn.read_bytes()
+    torn.write_bytes(data[: len(data) // 2])  # a crash mid-write without the rename protocol
+
+    with caplog.at_level(logging.WARNING, logger="retro_ray.rollout.experience"):
+        table = log.read("r1")
+    assert sorted(table.column("task_id").to_pylist()) == ["t1", "t1", "t3"]
+    assert not torn.exists()
+    moved = tmp_path / ExperienceLog.QUARANTINE / "run=r1" / "iteration=0" / torn.name
+    assert moved.read_bytes() == data[: len(data) // 2]
+    assert any("unreadable part file" in r.message for r in caplog.records)
+    assert log.finished_tasks("r1", 0) == {"t1"}  # t2 is played again by the next collection
+    # Every reader of the root skips the quarantine (and the other control directories).
+    assert ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table().num_rows == 3
+
+
+def test_finished_tasks_quarantines_too(tmp_path: Path) -> None:
+    log = ExperienceLog(tmp_path)
+    log.write_episode("r1", 0, "t1", [row("t1", 0)])
+    bad = log.write_episode("r1", 0, "t2", [row("t2", 0)])
+    bad.write_bytes(b"PAR1 not a parquet file")
+    assert log.finished_tasks("r1", 0) == {"t1"}
+    assert not bad.exists() and log.read("r1", 0).num_rows == 1
+
+
+def test_late_writer_after_the_fence_changes_nothing(tmp_path: Path) -> None:
+    """A retried episode whose first attempt was still alive: once the driver has fenced and read
+    the iteration, the late attempt's file is dropped."""
+    log = ExperienceLog(tmp_path)
+    log.write_episode("r1", 0, "t1", [row("t1", 0, won=True, attempt=1)])
+    log.fence("r1", 0)
+    read_before = log.read("r1", 0)
+    with pytest.raises(EpisodeFenced):
+        log.write_episode("r1", 0, "t1", [row("t1", 0), row("t1", 1)])  # attempt 0, late
+    with pytest.raises(EpisodeFenced):
+        log.write_episode("r1", 0, "t9", [row("t9", 0)])
+    assert log.read("r1", 0).equals(read_before)
+    assert log.finished_tasks("r1", 0) == {"t1"}
+    assert not any((tmp_path / ExperienceLog.STAGING).iterdir())  # nothing left behind
+    log.write_episode("r1", 1, "t1", [row("t1", 0)])  # other iterations are open
+    log.unfence("r1", 0)  # a collection with work left reopens it
+    log.write_episode("r1", 0, "t9", [row("t9", 0)])
+    assert log.finished_tasks("r1", 0) == {"t1", "t9"}

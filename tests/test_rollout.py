@@ -130,3 +130,24 @@ def test_endpoint_outage_pauses_and_resumes(ray_cluster, reflector_server, tmp_p
     frame = ExperienceLog(root).read("outage", 0).to_pandas()
     assert not frame.duplicated(["task_id", "trial", "sample"]).any()
     assert set(frame["task_id"]) == {t.task_id for t in tasks}
+
+
+def test_unreadable_episode_is_played_again_and_the_iteration_fenced(
+    ray_cluster, reflector_server, tmp_path: Path
+) -> None:
+    """A torn part file is quarantined and its episode replayed by the next collection; a finished
+    collection fences its iteration, so a late attempt cannot change what the driver reads."""
+    cfg = pool_config(reflector_server.base_url, tmp_path, "rollout.num_workers=1")
+    tasks = tasks_of(cfg, 6)
+    root = tmp_path / "log"
+    log = ExperienceLog(root)
+    with RolloutPool(cfg, "train", "torn", root, progress=False) as pool:
+        pool.collect(tasks, iteration=0)
+        assert log.is_fenced("torn", 0)
+        victim = sorted((root / "run=torn" / "iteration=0").glob("part-*.parquet"))[0]
+        victim.write_bytes(victim.read_bytes()[:100])
+        report = pool.collect(tasks, iteration=0)
+        assert report.resumed == len(tasks) - 1 and len(report.summaries) == 1
+        assert (root / "_quarantine" / "run=torn" / "iteration=0" / victim.name).is_file()
+        assert log.is_fenced("torn", 0)
+        assert_exactly_once(root, "torn", tasks, cfg)

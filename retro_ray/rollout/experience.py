@@ -20,15 +20,39 @@ never both and never half a file. Since an episode's rows are distinct in ``(tri
 construction, each key is present exactly once without any dedupe on read. A finished file is
 also the resume marker: a rerun skips the tasks whose file exists.
 
+Under crashes (power cut, node loss, a worker killed mid-write):
+
+- **Durable**: the file's data is fsynced before the rename and its directory after it (and every
+  directory the write created), so a task in the resume set is really on disk.
+- **Quarantine**: a part file that cannot be read (torn, truncated, corrupt) is moved aside to
+  ``<root>/_quarantine/`` (same relative path) with a logged warning, and the read goes on without
+  it; its task is then missing from ``finished_tasks``, so the next collection of that iteration
+  plays it again. One bad file never makes the whole log unreadable.
+- **Fence**: once a collection has finished an iteration it fences it (``fence``) before the
+  driver reads it. A late attempt of a retried episode (its first worker was unreachable, not
+  dead, and finished after all) finds the fence when it comes to rename its file into place and
+  drops the file (``EpisodeFenced``), so nothing changes under what the driver read and trained
+  on. Writers hold a shared ``flock`` on the iteration's lock file while they check the fence and
+  rename; ``fence`` takes it exclusively, so no check-then-rename race is left. On a shared mount
+  across nodes this needs a filesystem whose ``flock`` is cluster-wide (NFSv4, CephFS, Lustre with
+  ``flock``); a local disk on one node always qualifies.
+
+Control files live under ``_``-prefixed directories at the root (``_staging``, ``_fences``,
+``_quarantine``): pyarrow, pandas and Ray Data skip paths starting with ``_`` or ``.``, so no
+reader ever mistakes them for data, and no half-written file sits in a partition directory.
+
 Run and iteration live in the directory names (the partition columns ``run`` and ``iteration``)
 and in each file's key-value metadata, so a file copied on its own still says where it belongs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +61,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from retro_ray.durable import make_dirs, replace_durably
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 """Bumped on any change of the columns below; readers check it (``schema_version`` column)."""
@@ -157,8 +185,15 @@ def from_table(table: pa.Table) -> list[ExperienceRow]:
     return [ExperienceRow(**{k: v for k, v in r.items() if k in names}) for r in table.to_pylist()]
 
 
+class EpisodeFenced(RuntimeError):
+    """A late attempt of an episode found its iteration fenced (already read): its file is
+    dropped, the log is unchanged."""
+
+
 class ExperienceLog:
     """Writes and reads the log under ``root`` (a local or mounted shared directory)."""
+
+    STAGING, FENCES, QUARANTINE = "_staging", "_fences", "_quarantine"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -170,15 +205,14 @@ class ExperienceLog:
     def write_episode(
         self, run_id: str, iteration: int, task_id: str, rows: Sequence[ExperienceRow]
     ) -> Path:
-        """Write one finished episode atomically; returns the final path."""
+        """Write one finished episode atomically and durably; returns the final path. Raises
+        ``EpisodeFenced`` (and leaves the log as it was) if the iteration was fenced."""
         if len({r.key for r in rows}) != len(rows):
             raise ValueError(f"episode {task_id!r} has duplicate (task, trial, sample) rows")
-        directory = self.partition(run_id, iteration)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = make_dirs(self.partition(run_id, iteration))
         final = directory / episode_file_name(run_id, iteration, task_id)
-        # A dot-name: pyarrow.dataset, pandas and Ray Data all skip hidden files, so readers
-        # never pick up a half-written temporary file.
-        tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
+        staging = make_dirs(self.root / self.STAGING)
+        tmp = staging / f"{final.name}.{uuid.uuid4().hex}.tmp"
         metadata = {
             b"retro_ray.schema_version": str(SCHEMA_VERSION).encode(),
             b"retro_ray.run": run_id.encode(),
@@ -186,15 +220,81 @@ class ExperienceLog:
         }
         table = to_table(rows).replace_schema_metadata(metadata)
         try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, final)  # atomic: the old attempt or the new one, never a mix
+            with tmp.open("wb") as f:
+                pq.write_table(table, f)
+                f.flush()
+                os.fsync(f.fileno())  # the data is on disk before the name points at it
+            with self._iteration_lock(run_id, iteration, exclusive=False):
+                if self.is_fenced(run_id, iteration):
+                    logger.warning(
+                        "experience log %s: run %s iteration %d was read and fenced before this "
+                        "attempt of episode %r finished; dropping its file (the log keeps the "
+                        "attempt that was read)",
+                        self.root,
+                        run_id,
+                        iteration,
+                        task_id,
+                    )
+                    raise EpisodeFenced(
+                        f"run {run_id!r} iteration {iteration} is fenced; episode {task_id!r} "
+                        "was not written"
+                    )
+                replace_durably(tmp, final)  # atomic: the old attempt or the new one, never a mix
         finally:
             tmp.unlink(missing_ok=True)
         return final
 
+    # -- fences ------------------------------------------------------------------------------
+
+    def _fence_path(self, run_id: str, iteration: int) -> Path:
+        _check_run_id(run_id)
+        return self.root / self.FENCES / f"run={run_id}" / f"iteration={iteration}.fenced"
+
+    @contextlib.contextmanager
+    def _iteration_lock(self, run_id: str, iteration: int, *, exclusive: bool) -> Iterator[None]:
+        path = self._fence_path(run_id, iteration).with_suffix(".lock")
+        make_dirs(path.parent)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def is_fenced(self, run_id: str, iteration: int) -> bool:
+        return self._fence_path(run_id, iteration).exists()
+
+    def fence(self, run_id: str, iteration: int) -> None:
+        """Close the iteration to writers: call when it is complete, before reading it for
+        training. Waits for writers that are renaming right now."""
+        path = self._fence_path(run_id, iteration)
+        with self._iteration_lock(run_id, iteration, exclusive=True):
+            if path.exists():
+                return
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+            with tmp.open("w") as f:
+                f.write(f"fenced at {now_utc().isoformat()} by pid {os.getpid()}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            replace_durably(tmp, path)
+
+    def unfence(self, run_id: str, iteration: int) -> None:
+        """Open the iteration to writers again (a collection that has episodes left to play)."""
+        path = self._fence_path(run_id, iteration)
+        if not path.exists():
+            return
+        with self._iteration_lock(run_id, iteration, exclusive=True):
+            path.unlink(missing_ok=True)
+
+    # -- reading -----------------------------------------------------------------------------
+
     def dataset(self) -> ds.Dataset:
-        """The whole log as one ``pyarrow.dataset`` (partition columns ``run``, ``iteration``)."""
-        return ds.dataset(self.root, format="parquet", partitioning=PARTITIONING)
+        """The whole log as one ``pyarrow.dataset`` (partition columns ``run``, ``iteration``).
+        The schema is given, not inferred, so discovery opens no file (a torn one included) and
+        files of older schema versions read with their newer columns null."""
+        return ds.dataset(
+            self.root, format="parquet", partitioning=PARTITIONING, schema=_DATASET_SCHEMA
+        )
 
     def read(
         self,
@@ -203,7 +303,7 @@ class ExperienceLog:
         columns: Sequence[str] | None = None,
     ) -> pa.Table:
         """Rows of one run / iteration (default: all); ``columns`` reads only those (trajectories
-        and prompts are most of a log's bytes)."""
+        and prompts are most of a log's bytes). Unreadable files are quarantined, not fatal."""
         if not self.root.exists():
             table = to_table([]).append_column("run", pa.array([], pa.string()))
             table = table.append_column("iteration", pa.array([], pa.int32()))
@@ -216,19 +316,92 @@ class ExperienceLog:
         if iteration is not None:
             cond = ds.field("iteration") == iteration
             expr = cond if expr is None else expr & cond
-        table = self.dataset().to_table(filter=expr, columns=columns and list(columns))
-        versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
-        if versions - {SCHEMA_VERSION}:
-            raise ValueError(f"experience log {self.root} holds schema versions {versions}")
+        table = self._read_quarantining(self.dataset, expr, columns)
+        self._check_versions(table)
         return table
 
     def finished_tasks(self, run_id: str, iteration: int) -> set[str]:
-        """Task ids whose episode is on disk (the resume set): reads only one column."""
+        """Task ids whose episode is on disk and readable (the resume set): reads one column.
+        A file that cannot be read is quarantined, so its task is played again."""
         directory = self.partition(run_id, iteration)
         if not directory.exists() or not any(directory.glob("part-*.parquet")):
             return set()
-        table = ds.dataset(directory, format="parquet").to_table(columns=["task_id"])
+
+        def partition_dataset() -> ds.Dataset:
+            return ds.dataset(directory, format="parquet", schema=SCHEMA)
+
+        table = self._read_quarantining(partition_dataset, None, ["task_id"])
         return set(table.column("task_id").to_pylist())
+
+    def _read_quarantining(
+        self,
+        make_dataset: Callable[[], ds.Dataset],
+        expr: ds.Expression | None,
+        columns: Sequence[str] | None,
+    ) -> pa.Table:
+        """Read; when a file is unreadable, find every such file of the selection, move them to
+        the quarantine and read again (the good files are only re-read on this rare path)."""
+        while True:
+            dataset = make_dataset()
+            try:
+                return dataset.to_table(filter=expr, columns=columns and list(columns))
+            except (pa.ArrowException, OSError) as exc:
+                bad = _unreadable_files(dataset, expr, columns)
+                if not bad:
+                    raise
+                for path, reason in bad:
+                    self._quarantine(Path(path), reason or str(exc))
+
+    def _quarantine(self, path: Path, reason: str) -> Path:
+        relative = path.resolve().relative_to(self.root.resolve())
+        target = self.root / self.QUARANTINE / relative
+        make_dirs(target.parent)
+        if target.exists():
+            target = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}")
+        replace_durably(path, target)
+        logger.warning(
+            "experience log %s: unreadable part file %s (%s) moved to %s; its episode is no "
+            "longer in the log and will be played again by the next collection of that "
+            "iteration",
+            self.root,
+            relative,
+            _shorten(reason),
+            target,
+        )
+        return target
+
+    def _check_versions(self, table: pa.Table) -> None:
+        versions = set(table.column("schema_version").to_pylist()) if table.num_rows else set()
+        newer = {v for v in versions if v is None or v > SCHEMA_VERSION or v < 1}
+        if newer:
+            raise ValueError(
+                f"experience log {self.root} holds schema versions {sorted(versions, key=str)}; "
+                f"this code reads 1..{SCHEMA_VERSION}: upgrade retro_ray to read it"
+            )
+
+
+_DATASET_SCHEMA = pa.schema([*SCHEMA, *PARTITIONING.schema])
+
+
+def _unreadable_files(
+    dataset: ds.Dataset, expr: ds.Expression | None, columns: Sequence[str] | None
+) -> list[tuple[str, str]]:
+    """(path, error) of every file of the selection that cannot be read on its own."""
+    wanted = None if columns is None else [c for c in columns if c not in PARTITIONING.schema.names]
+    bad = []
+    for fragment in dataset.get_fragments(filter=expr):
+        try:
+            parquet = pq.ParquetFile(fragment.path)
+            names = parquet.schema_arrow.names
+            parquet.read(columns=None if wanted is None else [c for c in wanted if c in names])
+        except (pa.ArrowException, OSError) as exc:
+            bad.append((fragment.path, str(exc)))
+    return bad
+
+
+def _shorten(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_run_id(run_id: str) -> None:

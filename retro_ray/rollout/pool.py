@@ -16,11 +16,16 @@ one episode at a time. Failures are sorted, never swallowed:
 
 Exactly-once is the log's job (one deterministic file per episode, renamed into place), so a
 retry may replay an episode whose file a dying worker had already written: it replaces it whole.
-A collection resumes from the log: tasks whose file exists are skipped.
+A collection resumes from the log: tasks whose file exists are skipped. When the queue is empty it
+checks the log once more (an unreadable file is quarantined there, and its task is played again)
+and then **fences** the iteration: an attempt that was given up on but is still running somewhere
+(an unreachable, not dead, worker) cannot change the log after ``collect`` returns and the driver
+reads it. A collection that still has episodes to play opens its iteration again first.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -121,6 +126,56 @@ class RolloutPool:
             self.mode, len(tasks), label=f"{self.mode} it{iteration}", show=self.progress
         )
         meter.resumed(report.resumed)
+        attempts = {t.task_id: 0 for t in tasks}
+        while queue:
+            self.log.unfence(self.run_id, iteration)
+            self._play(queue, report, meter, attempts, on_episode)
+            queue.extend(self._missing(tasks, iteration, attempts, report))
+        self.log.fence(self.run_id, iteration)
+        meter.state(0, 0)
+        meter.maybe_print(force=True)
+        report.seconds = time.monotonic() - start
+        return report
+
+    def _missing(
+        self,
+        tasks: Sequence[Task],
+        iteration: int,
+        attempts: dict[str, int],
+        report: CollectionReport,
+    ) -> list[EpisodeSpec]:
+        """Tasks played but not readable in the log (a file quarantined on the way): again."""
+        finished = self.log.finished_tasks(self.run_id, iteration)
+        again = []
+        for task in tasks:
+            if task.task_id in finished:
+                continue
+            attempt = attempts[task.task_id] + 1
+            if attempt >= self.rollout.max_episode_attempts:
+                raise RuntimeError(
+                    f"episode {task.task_id!r} of iteration {iteration} was played {attempt} "
+                    "times and its log file is still not readable (see the quarantine warnings "
+                    "above): check the disk or shared mount under the experience log"
+                )
+            print(
+                f"[{self.mode} it{iteration}] episode {task.task_id!r} is not readable in the "
+                f"log; playing it again (attempt {attempt})",
+                file=sys.stderr,
+                flush=True,
+            )
+            report.retried += 1
+            again.append(EpisodeSpec(task, iteration, attempt))
+        return again
+
+    def _play(
+        self,
+        queue: deque[EpisodeSpec],
+        report: CollectionReport,
+        meter: PoolMetrics,
+        attempts: dict[str, int],
+        on_episode: Callable[[EpisodeSummary], None] | None,
+    ) -> None:
+        """Run the queue to the end over the pool, sorting failures (see the module doc)."""
         in_flight: dict[Any, tuple[_Slot, EpisodeSpec]] = {}
         paused_until, outages_in_row = 0.0, 0
         while queue or in_flight:
@@ -168,14 +223,11 @@ class RolloutPool:
                     continue
                 if time.monotonic() >= paused_until:
                     outages_in_row = 0
+                attempts[spec.task.task_id] = spec.attempt
                 report.summaries.append(summary)
                 meter.episode(summary)
                 if on_episode is not None:
                     on_episode(summary)
-        meter.state(0, 0)
-        meter.maybe_print(force=True)
-        report.seconds = time.monotonic() - start
-        return report
 
     def _dispatch(self, queue: deque[EpisodeSpec], in_flight: dict[Any, Any]) -> None:
         """Top every healthy worker up to its episode slots, the emptiest first."""
