@@ -169,6 +169,75 @@ def test_names_are_validated() -> None:
     assert not any(is_valid_model_name(m) for m in ("../etc", "a/b", "retro@x", "", "..", "x@1@2"))
 
 
+# -- a publish interrupted by a crash or a full disk ---------------------------------------------
+
+
+def test_publish_after_a_crash_between_rename_and_index_write(
+    registry: AdapterRegistry, tiny: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The version directory is in place, the index never heard of it: the next publish must not
+    reuse its number (the rename would hit a non-empty directory), and both stay loadable."""
+    registry.publish(tiny.adapters["a"])
+    real_write = AdapterRegistry._write_index
+
+    def crash_once(self: AdapterRegistry, index: dict) -> None:
+        monkeypatch.setattr(AdapterRegistry, "_write_index", real_write)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(AdapterRegistry, "_write_index", crash_once)
+    with pytest.raises(OSError, match="No space left"):
+        registry.publish(tiny.adapters["b"])
+    index = json.loads((registry.root / "registry.json").read_text())
+    assert index["next_version"] == 2 and registry.state().aliases == {"train": 1}
+    assert registry.versions() == [1, 2]  # the leftover: complete, named by no alias
+
+    reopened = AdapterRegistry(registry.root, tiny.model_dir, max_lora_rank=8)
+    meta = reopened.publish(tiny.adapters["b"], step=5)
+    assert meta.version == 3 and reopened.state().aliases == {"train": 3}
+    assert reopened.versions() == [1, 2, 3]
+    for version in (2, 3):
+        assert reopened.verify(version) == reopened.path(version)
+        assert reopened.get(version).name == f"retro@{version}"
+    assert json.loads((registry.root / "registry.json").read_text())["next_version"] == 4
+    assert reopened.events()[-1]["skipped"] == [2]
+    assert not list((registry.root / "versions").glob(".*"))
+
+
+def test_a_failed_copy_leaves_no_staging_and_the_registry_unchanged(
+    registry: AdapterRegistry, tiny: TinyModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import retro_ray.registry.store as store
+
+    registry.publish(tiny.adapters["a"])
+    before = registry.state()
+    real_copy = store.shutil.copyfile
+
+    def full_disk(src, dst):
+        if str(dst).endswith("adapter_model.safetensors"):
+            raise OSError(28, "No space left on device")
+        return real_copy(src, dst)
+
+    monkeypatch.setattr(store.shutil, "copyfile", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        registry.publish(tiny.adapters["b"])
+    assert sorted(p.name for p in (registry.root / "versions").iterdir()) == ["1"]
+    assert registry.state() == before
+    monkeypatch.setattr(store.shutil, "copyfile", real_copy)
+    assert registry.publish(tiny.adapters["b"]).version == 2
+
+
+def test_staging_left_by_a_killed_publish_is_removed(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    """A process killed mid-copy runs no cleanup; the next publish (under the lock, so no other
+    publish is running) removes what it left."""
+    stale = registry.root / "versions" / ".1-killed"
+    stale.mkdir()
+    (stale / "adapter_model.safetensors").write_bytes(b"half a file")
+    assert registry.publish(tiny.adapters["a"]).version == 1
+    assert sorted(p.name for p in (registry.root / "versions").iterdir()) == ["1"]
+
+
 # -- one registry per run ------------------------------------------------------------------------
 
 

@@ -17,9 +17,10 @@ On-disk format (``format: 1``)::
 under, never reused, because engines cache adapters by name), ``step``, ``eval_score``,
 ``base_model_hash``, ``config_hash``, ``rank``, ``target_modules``, ``created_at`` and the
 sha256 of each file (checked again before a replica loads it). A version directory appears by an
-atomic rename only after it was validated and copied in full; ``registry.json`` is replaced
-atomically, and its ``revision`` grows with every alias change, which is what the controller
-watches.
+atomic rename only after it was validated, copied in full and fsynced; ``registry.json`` is
+replaced atomically and durably after it, and its ``revision`` grows with every alias change,
+which is what the controller watches. A publish interrupted between the two leaves a complete
+version the index does not count; version numbers always continue past every directory on disk.
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retro_ray.durable import fsync_tree, replace_durably
 from retro_ray.registry.validation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     LLAMA_LORA_MODULES,
+    AdapterInfo,
     AdapterRejected,
     BaseShapes,
     check_adapter_name,
@@ -238,7 +241,10 @@ class AdapterRegistry:
     ) -> AdapterVersion:
         """Validate and store a new version (and point ``alias`` at it). ``base_model_hash`` is
         what the writer trained on; when given it must equal the registry's. Raises
-        ``AdapterRejected`` (logged as a ``reject`` event) and leaves the registry unchanged."""
+        ``AdapterRejected`` (logged as a ``reject`` event) and leaves the registry unchanged.
+        Any other failure (a full disk, a crash) leaves no staging directory behind and at most
+        a complete version directory the index does not name yet; the next publish numbers past
+        it (``skipped`` in its event)."""
         if alias is not None and alias not in ALIASES:
             raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
         src = Path(adapter_dir)
@@ -255,31 +261,15 @@ class AdapterRegistry:
             raise
         with self._locked():
             index = self._read_index()
-            version = int(index["next_version"])
-            staging = Path(tempfile.mkdtemp(dir=self.root / "versions", prefix=f".{version}-"))
-            files = {}
-            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-                shutil.copyfile(src / name, staging / name)
-                files[name] = file_sha256(staging / name)
-            meta = AdapterVersion(
-                version=version,
-                name=self.version_name(version),
-                step=step,
-                eval_score=eval_score,
-                base_model_hash=self.base_model_hash,
-                config_hash=config_hash,
-                rank=info.rank,
-                target_modules=info.target_modules,
-                created_at=time.time(),
-                files=files,
-            )
-            (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
-            os.replace(staging, self.path(version))
+            self._remove_stale_staging()
+            version, skipped = self._next_version(index)
+            meta = self._store_version(src, version, info, step, eval_score, config_hash)
             index["next_version"] = version + 1
             if alias is not None:
                 self._move_alias(index, alias, version)
             self._write_index(index)
-        self._event("publish", version=version, name=meta.name, step=step, alias=alias)
+        extra = {"skipped": skipped} if skipped else {}
+        self._event("publish", version=version, name=meta.name, step=step, alias=alias, **extra)
         return meta
 
     def promote(self, version: int | str, alias: str = PROD_ALIAS, reason: str = "") -> int:
@@ -323,6 +313,69 @@ class AdapterRegistry:
         self._event(event, alias=alias, version=version, previous=previous, reason=reason)
         return version
 
+    def _next_version(self, index: dict[str, Any]) -> tuple[int, list[int]]:
+        """The next version number, past ``next_version`` and past every version directory on
+        disk, and the directories the index never counted. A publish that crashed (or met a
+        full disk) after its rename but before the index write left such a directory: its
+        number is never reused (the rename would hit a non-empty directory, and engines cache
+        adapters by name). The leftover stays a complete, verifiable version no alias points to."""
+        counted = int(index["next_version"])
+        on_disk = [int(p.name) for p in (self.root / "versions").iterdir() if p.name.isdigit()]
+        skipped = sorted(v for v in on_disk if v >= counted)
+        if skipped:
+            logger.warning(
+                "registry %s: version directories %s were never indexed (an interrupted "
+                "publish); numbering continues after them",
+                self.root,
+                skipped,
+            )
+        return max([counted, *(v + 1 for v in skipped)]), skipped
+
+    def _store_version(
+        self,
+        src: Path,
+        version: int,
+        info: AdapterInfo,
+        step: int,
+        eval_score: float | None,
+        config_hash: str,
+    ) -> AdapterVersion:
+        """Copy and hash the files into a staging directory, fsync it, and rename it into place
+        durably: the version directory appears whole or not at all, and the staging directory
+        never outlives a failure (a full disk, a bad read)."""
+        staging = Path(tempfile.mkdtemp(dir=self.root / "versions", prefix=f".{version}-"))
+        try:
+            files = {}
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+                shutil.copyfile(src / name, staging / name)
+                files[name] = file_sha256(staging / name)
+            meta = AdapterVersion(
+                version=version,
+                name=self.version_name(version),
+                step=step,
+                eval_score=eval_score,
+                base_model_hash=self.base_model_hash,
+                config_hash=config_hash,
+                rank=info.rank,
+                target_modules=info.target_modules,
+                created_at=time.time(),
+                files=files,
+            )
+            (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
+            fsync_tree(staging)
+            replace_durably(staging, self.path(version))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already after the rename
+        return meta
+
+    def _remove_stale_staging(self) -> None:
+        """Staging directories of publishes killed before their cleanup ran (called under the
+        lock, so no publish is in progress: every one left is stale)."""
+        for stale in (self.root / "versions").glob(".*"):
+            if stale.is_dir():
+                logger.warning("registry %s: removing stale staging %s", self.root, stale.name)
+                shutil.rmtree(stale, ignore_errors=True)
+
     @staticmethod
     def _move_alias(index: dict[str, Any], alias: str, version: int) -> None:
         previous = index["aliases"].get(alias)
@@ -342,14 +395,22 @@ class AdapterRegistry:
         return index
 
     def _write_index(self, index: dict[str, Any]) -> None:
+        """Replace ``registry.json`` atomically and durably: readers see the old index or the
+        new one, and after a crash the disk holds one of them whole (the version directories it
+        names were fsynced before)."""
         tmp = self._index_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(index, indent=2))
-        os.replace(tmp, self._index_path)
+        with tmp.open("w") as f:
+            f.write(json.dumps(index, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        replace_durably(tmp, self._index_path)
 
     def _event(self, event: str, **fields: Any) -> None:
         line = json.dumps({"time": time.time(), "event": event, **fields})
         with self._locked(), (self.root / "events.jsonl").open("a") as f:
             f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
