@@ -103,3 +103,27 @@ def test_overlap_needs_the_importance_ratio_of_ppo_clip() -> None:
     with pytest.raises(ConfigError, match=r"learner\.loss\.name.*ppo_clip"):
         check_online(cfg)
     check_online(load_config(None, ["train.overlap=true"]))  # ppo_clip, the default
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("learner.lr=.inf", "learner.lr"),
+        ("learner.loss.rwr_max_weight=.nan", "learner.loss.rwr_max_weight"),
+        ("learner.loss.clip_eps_high=.inf", "learner.loss.clip_eps_high"),
+        ("actor.endpoint.price_per_1m_prompt_tokens=-.inf", "actor.endpoint.price_per_1m_prompt"),
+        ("serve.target_ongoing_requests=.nan", "serve.target_ongoing_requests"),
+        ("env.options={difficulty: .nan}", "env.options.difficulty"),
+    ],
+)
+def test_nan_and_inf_are_refused_by_name(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match="finite") as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(key)
+
+
+def test_nan_in_a_yaml_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "nan.yaml"
+    path.write_text("learner:\n  max_grad_norm: .NaN\n")
+    with pytest.raises(ConfigError, match=r"learner\.max_grad_norm: bad value nan; expected a fin"):
+        load_config(path)

@@ -191,3 +191,27 @@ def test_online_mode_collects_with_the_published_adapter(ray_cluster, zoo_tiny, 
     assert online.sampler_step == 2
     served = _adapter(registry.verify(registry.resolve("train")))
     assert max_diff(_peft_state(sampler), served) == 0.0  # the sampler serves the newest
+
+
+def test_a_nonfinite_batch_is_skipped_not_crash_looped(ray_cluster, model_dir, tmp_path) -> None:
+    """A batch whose loss is NaN makes no step on either worker (they see the same summed
+    loss), is counted, and the run goes on to the same weights as without that batch."""
+    config = learner_config()
+    good = [random_batch(seed) for seed in (20, 21)]
+    poisoned = random_batch(22)
+    poisoned = ReflectionBatch(**{**poisoned.__dict__, "advantages": poisoned.advantages * 0.0})
+    poisoned.advantages[3] = float("nan")  # one worker's shard only
+    want = reference_weights(model_dir, config, good)[-1]
+    registry = RegistryTarget(str(tmp_path / "registry"), max_lora_rank=8)
+    learner = DistributedLearner(model_dir, config, tmp_path / "train", registry=registry)
+    with learner.start():
+        for batch in (good[0], poisoned, good[1]):
+            learner.submit(batch)
+        final = learner.finish(timeout_s=300)
+        metrics = learner.metrics()
+        state = learner.state()
+    assert state["violations"] == [] and state["committed"] == [0, 1, 2]
+    assert [m["nonfinite_skipped"] for m in metrics] == [0.0, 1.0, 0.0]
+    assert read_state(final).cursor == 3 and read_state(final).nonfinite_skipped == 1
+    assert read_state(final).steps == 2
+    assert_same_weights(_adapter(final / ADAPTER_DIR), want, ATOL_ONE_STEP)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -20,3 +23,22 @@ def positive(value: float, key: str) -> None:
 
 def in_range(value: float, key: str, low: float, high: float) -> None:
     require(low <= value <= high, key, value, f"a number in [{low}, {high}]")
+
+
+def finite_numbers(node: Any, key: str) -> None:
+    """Every float in ``node`` (a section, its nested sections, mappings and lists) is finite.
+
+    YAML reads ``.nan`` and ``.inf`` as floats. Range checks let infinity through (``inf > 0``)
+    and fields without one let NaN through too; one such value turns a learning rate, a margin or
+    a price into NaN everywhere downstream, so it is refused here, by name, for every field."""
+    if isinstance(node, float):
+        require(math.isfinite(node), key, node, "a finite number (not nan or inf)")
+    elif dataclasses.is_dataclass(node) and not isinstance(node, type):
+        for f in dataclasses.fields(node):
+            finite_numbers(getattr(node, f.name), f"{key}.{f.name}" if key else f.name)
+    elif isinstance(node, Mapping):
+        for name, value in node.items():
+            finite_numbers(value, f"{key}.{name}")
+    elif isinstance(node, list | tuple):
+        for index, value in enumerate(node):
+            finite_numbers(value, f"{key}[{index}]")

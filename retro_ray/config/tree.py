@@ -13,7 +13,7 @@ from retro_ray.config.agent import (
     RunConfig,
     TrialsConfig,
 )
-from retro_ray.config.checks import ConfigError
+from retro_ray.config.checks import ConfigError, finite_numbers
 from retro_ray.config.serving import RegistryConfig, ServeConfig
 from retro_ray.config.training import LearnerConfig, RolloutConfig, TrainConfig
 
@@ -35,6 +35,7 @@ class Config:
 
     def validate(self) -> Config:
         """Check every value; raise ConfigError naming the first bad key. Returns self."""
+        finite_numbers(self, "")  # nan / inf anywhere, before any range check sees them
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
         from retro_ray.envs.registry import validate_env_config

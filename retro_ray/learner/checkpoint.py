@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from retro_ray.config import LearnerConfig, to_dict
-from retro_ray.learner.policy import ReflectorPolicy
+from retro_ray.learner.policy import NonFiniteAdapter, ReflectorPolicy
 
 FORMAT = 1
 STATE_FILE = "state.json"
@@ -62,6 +62,7 @@ class LearnerState:
     steps: int  # optimizer steps taken
     version: int  # registry version of the last published adapter (0: none)
     config_hash: str
+    nonfinite_skipped: int = 0  # steps skipped for a NaN/inf loss or gradient norm
 
 
 class CheckpointMismatch(ValueError):
@@ -77,7 +78,17 @@ def learner_config_hash(config: LearnerConfig, base_dir: str | Path) -> str:
 
 
 def save_checkpoint(directory: str | Path, policy: ReflectorPolicy, state: LearnerState) -> Path:
-    """Write adapter, optimizer and state; ``state.json`` last, so a torn write is incomplete."""
+    """Write adapter, optimizer and state; ``state.json`` last, so a torn write is incomplete.
+
+    Refused (:class:`~retro_ray.learner.policy.NonFiniteAdapter`, nothing written) when the
+    weights or the optimizer's moments hold NaN or inf: a restart would restore them."""
+    policy.check_finite("checkpointed")
+    bad_moments = _nonfinite_optimizer_state(policy.optimizer)
+    if bad_moments:
+        raise NonFiniteAdapter(
+            f"the optimizer state after {policy.steps} steps holds NaN/inf ({bad_moments}); "
+            "not checkpointed"
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     policy.save_adapter(directory / ADAPTER_DIR)
@@ -86,6 +97,15 @@ def save_checkpoint(directory: str | Path, policy: ReflectorPolicy, state: Learn
     tmp.write_text(json.dumps({"format": FORMAT, **asdict(state)}, indent=2))
     os.replace(tmp, directory / STATE_FILE)
     return directory
+
+
+def _nonfinite_optimizer_state(optimizer: torch.optim.Optimizer) -> str:
+    """'' when every tensor of the optimizer's state is finite; else which one is not."""
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value) and not bool(torch.isfinite(value).all()):
+                return f"parameter {index}, {key}"
+    return ""
 
 
 def read_state(directory: str | Path) -> LearnerState:
@@ -121,6 +141,8 @@ def load_checkpoint(
     optimizer_state = torch.load(directory / OPTIMIZER_FILE, map_location=device)
     policy.optimizer.load_state_dict(optimizer_state)
     policy.steps = state.steps
+    policy.nonfinite_skipped = state.nonfinite_skipped
+    policy.check_finite(f"restored from {directory} (delete that checkpoint to resume before it)")
     return state
 
 

@@ -16,10 +16,17 @@ Old log-probs (the denominator of the PPO ratio), decided by :func:`recompute_ol
   policy's; recomputing them would make the ratio 1 and silently drop the importance correction.
   ``old_logprobs_from_sampler`` in the metrics says which was used;
 - **offline** (``recompute_old=False`` throughout): the log's, always.
+
+Non-finite steps: a step whose loss or gradient norm is NaN or infinite is skipped (no optimizer
+step, the AdamW moments untouched) and counted (``nonfinite_skipped`` per update,
+``nonfinite_skipped_total`` since the start, kept in checkpoints), so one bad batch cannot poison
+the adapter. Weights are checked finite (:meth:`ReflectorPolicy.check_finite`) before they are
+checkpointed or published.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -55,6 +62,10 @@ def recompute_old_logprobs(batch: ReflectionBatch, staleness: int) -> bool:
     importance ratio corrects for the adapter having moved); without them (a foreign sampler)
     there is nothing to correct with, and the learner's own are the only ones there are."""
     return staleness <= 0 or batch.old_logprobs is None
+
+
+class NonFiniteAdapter(ValueError):
+    """The adapter's weights hold NaN or inf: they are neither checkpointed nor published."""
 
 
 class GradSync(Protocol):
@@ -93,6 +104,7 @@ class ReflectorPolicy:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.steps = 0
+        self.nonfinite_skipped = 0  # steps skipped for a NaN/inf loss or gradient norm
 
     # -- sampling -------------------------------------------------------------------------------
 
@@ -161,6 +173,7 @@ class ReflectorPolicy:
             sync.all_reduce_sum(count)
         normalizer = max(float(count), 1.0)
         params = [p for p in self.model.parameters() if p.requires_grad]
+        skipped = 0
         for _ in range(cfg.epochs_per_batch):
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
@@ -175,10 +188,17 @@ class ReflectorPolicy:
             if sync is not None:
                 sync.all_reduce_grads(params)
                 totals = _summed(totals, sync)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            self.optimizer.step()
-            self.steps += 1
-            metrics.update(totals, grad_norm=float(grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+            if math.isfinite(totals.get("loss", 0.0)) and math.isfinite(grad_norm):
+                self.optimizer.step()
+                self.steps += 1
+            else:  # every rank sees the same summed loss and gradients: all skip together
+                self.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+            metrics.update(totals, grad_norm=grad_norm)
+        self.nonfinite_skipped += skipped
+        metrics["nonfinite_skipped"] = float(skipped)
+        metrics["nonfinite_skipped_total"] = float(self.nonfinite_skipped)
         metrics["update_time_s"] = time.monotonic() - start
         metrics["tokens"] = normalizer
         return metrics
@@ -237,6 +257,26 @@ class ReflectorPolicy:
         )
         entropy = F.pad(entropy_from_logits(logits[:, :-1]), (first, 0)) if with_entropy else None
         return logprobs, entropy
+
+    def nonfinite_weights(self) -> list[str]:
+        """Names of the trainable (LoRA) tensors holding a NaN or an infinity."""
+        return [
+            name
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and not bool(torch.isfinite(p).all())
+        ]
+
+    def check_finite(self, action: str) -> None:
+        """Raise :class:`NonFiniteAdapter` if any LoRA weight is NaN or infinite; ``action`` is
+        what is refused (``checkpointed``, ``published``): such weights must never become
+        durable, or a restart would restore them and fail again."""
+        bad = self.nonfinite_weights()
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteAdapter(
+                f"the adapter after {self.steps} steps holds NaN/inf weights ({shown}); not "
+                f"{action}. Lower learner.lr or learner.max_grad_norm, or check the rewards"
+            )
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the LoRA adapter (peft format, safetensors)."""

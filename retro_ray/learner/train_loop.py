@@ -131,6 +131,7 @@ def _publish(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
 
     target = job.registry
     assert target is not None
+    policy.check_finite("published")  # before anything is written: serving must never load it
 
     registry = AdapterRegistry(target.root, job.base_dir, target.name, target.max_lora_rank)
     with tempfile.TemporaryDirectory() as tmp:
@@ -233,7 +234,8 @@ def _commit(
     batch is acknowledged only once weights holding it are durable. The registry version."""
     if rank != 0:
         return version
-    store.write(policy, LearnerState(cursor, policy.steps, version, config_hash))
+    state = LearnerState(cursor, policy.steps, version, config_hash, policy.nonfinite_skipped)
+    store.write(policy, state)  # refuses NaN/inf weights: a restart must not restore them
     if job.registry is not None:
         version = _publish(policy, job, cursor)
     import ray
