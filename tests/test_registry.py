@@ -18,7 +18,7 @@ from retro_ray.registry.validation import (
     model_hash,
 )
 from retro_ray.serve.controller import AliasController, ModelNotFound
-from retro_ray.serve.gate import PromotionGate, gated_promote
+from retro_ray.serve.gate import GateLog, Measurement, PromotionGate, gated_promote
 from retro_ray.serve.runtime import ReplicaRuntime
 from tests.support.tiny_model import TinyModel, build_tiny_model
 
@@ -361,6 +361,7 @@ class FakeEngine:
     def __init__(self) -> None:
         self.loaded: list[str] = []
         self.max_seen = 0
+        self.hold: asyncio.Event | None = None  # set: generate waits for it (a request in flight)
 
     async def load_adapter(self, name: str, path: object) -> None:
         assert name not in self.loaded
@@ -371,7 +372,7 @@ class FakeEngine:
         self.loaded.remove(name)
 
     async def generate(self, prompts, sampling):
-        await asyncio.sleep(0.05)
+        await (self.hold.wait() if self.hold is not None else asyncio.sleep(0.05))
         assert sampling.adapter is None or sampling.adapter in self.loaded
         return [sampling.adapter for _ in prompts]
 
@@ -385,10 +386,13 @@ def test_runtime_bounds_loaded_versions_and_keeps_in_flight_ones() -> None:
         rt = ReplicaRuntime(engine, lambda v: Path(f"/v/{v}"), lambda v: f"retro@{v}", 3, 2.0)
         await rt.sync([1, 2])
         assert rt.loaded == [1, 2]
+        engine.hold = asyncio.Event()  # the request on 3 stays in flight until released
         slow = asyncio.create_task(rt.generate(["x"], _sampling(), 3))  # loads 3: full
-        await asyncio.sleep(0.01)
+        while 3 not in rt.loaded:  # poll: loading goes through a thread, however slow
+            await asyncio.sleep(0.001)
         await rt.sync([4])  # 1, 2 unpinned and idle: unloaded; 3 is in flight: kept
-        assert rt.loaded == [3, 4]
+        assert rt.loaded == [3, 4] and not slow.done()
+        engine.hold.set()
         assert await slow == ["retro@3"]
         for v in (5, 6, 7):
             assert await rt.generate(["x"], _sampling(), v) == [f"retro@{v}"]
@@ -409,12 +413,43 @@ def _sampling():
 
 def test_gate_rule() -> None:
     gate = PromotionGate(margin=0.05)
-    assert gate.decide(0.50, 0.50).promote
-    assert gate.decide(0.46, 0.50).promote  # within the margin
-    worse = gate.decide(0.40, 0.50, "retro@3", "retro@2")
-    assert not worse.promote and "worse than current retro@2" in worse.reason
+    assert gate.decide(Measurement(0.50, 10), Measurement(0.50, 10)).promote
+    assert gate.decide(Measurement(0.46, 10), Measurement(0.50, 10)).promote  # within the margin
+    worse = gate.decide(Measurement(0.40, 10), Measurement(0.50, 10), "retro@3", "retro@2")
+    assert not worse.promote and worse.outcome == "reject"
+    assert "worse than current retro@2" in worse.reason
     with pytest.raises(ValueError):
         PromotionGate(-1.0)
+    with pytest.raises(ValueError, match="needs evidence"):
+        PromotionGate(0.0, min_tasks=0)
+
+
+def test_gate_without_evidence_does_not_promote() -> None:
+    """No validation task played (an empty split, every episode failed): 0.0 against 0.0 used
+    to promote; it is no evidence either way now."""
+    nothing = PromotionGate(margin=0.0).decide(Measurement(0.0, 0), Measurement(0.0, 0))
+    assert not nothing.promote and nothing.outcome == "no_evidence"
+    assert "no evidence" in nothing.reason
+    few = PromotionGate(margin=0.0, min_tasks=5).decide(Measurement(0.9, 5), Measurement(0.1, 4))
+    assert not few.promote and few.outcome == "no_evidence" and few.current_tasks == 4
+
+
+def test_gate_min_tasks_is_checked_against_gate_tasks() -> None:
+    from retro_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"registry\.gate_min_tasks"):
+        load_config(None, ["registry.gate_tasks=3", "registry.gate_min_tasks=4"])
+    with pytest.raises(ConfigError, match=r"registry\.gate_min_tasks"):
+        load_config(None, ["registry.gate_min_tasks=0"])
+
+
+def fixed_measure(returns: dict[str, float], tasks: int = 10, measured: list[str] | None = None):
+    async def measure(model: str) -> Measurement:
+        if measured is not None:
+            measured.append(model)
+        return Measurement(returns[model], tasks)
+
+    return measure
 
 
 def test_gated_promote_measures_both_and_logs_the_decision(
@@ -423,13 +458,8 @@ def test_gated_promote_measures_both_and_logs_the_decision(
     from retro_ray.config import load_config
 
     cfg = load_config(None, ["registry.gate_margin=0.0"])
-    returns = {"retro@0": 0.3, "retro@1": 0.4, "retro@2": 0.35}
     measured: list[str] = []
-
-    async def measure(model: str) -> float:
-        measured.append(model)
-        return returns[model]
-
+    measure = fixed_measure({"retro@0": 0.3, "retro@1": 0.4, "retro@2": 0.35}, measured=measured)
     registry.publish(tiny.adapters["a"])
     first = asyncio.run(gated_promote(registry, cfg, "train", measure))
     assert first.promote and registry.resolve("prod") == 1 and measured == ["retro@1", "retro@0"]
@@ -438,3 +468,46 @@ def test_gated_promote_measures_both_and_logs_the_decision(
     assert not second.promote and registry.resolve("prod") == 1
     gates = [e for e in registry.events() if e["event"] == "gate"]
     assert [g["promote"] for g in gates] == [True, False] and "worse than" in gates[1]["reason"]
+    assert [g["outcome"] for g in gates] == ["promote", "reject"]
+
+
+def test_gated_promote_on_no_validation_tasks_keeps_prod(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    from retro_ray.config import load_config
+
+    cfg = load_config(None, ["registry.gate_margin=0.0"])
+    registry.publish(tiny.adapters["a"])
+    decision = asyncio.run(
+        gated_promote(registry, cfg, "train", fixed_measure({"retro@1": 0.0, "retro@0": 0.0}, 0))
+    )
+    assert decision.outcome == "no_evidence" and "prod" not in registry.state().aliases
+    assert registry.events()[-1]["outcome"] == "no_evidence"
+
+
+def test_a_gate_that_raised_or_never_ran_is_due_again_on_resume(
+    registry: AdapterRegistry, tiny: TinyModel, tmp_path: Path
+) -> None:
+    from retro_ray.config import load_config
+
+    cfg = load_config(None, [])
+    registry.publish(tiny.adapters["a"])
+    log = GateLog(tmp_path / "run" / "gates.jsonl", promote_every=2, iterations=5)
+    assert [it for it in range(5) if log.scheduled(it)] == [1, 3, 4]
+    assert log.due(1)  # never ran
+
+    async def endpoint_down(model: str) -> Measurement:
+        raise ConnectionError("validation endpoint unreachable")
+
+    with pytest.raises(ConnectionError):
+        log.run(1, registry, cfg, tmp_path / "gate", endpoint_down)
+    assert log.entries()[-1]["outcome"] == "error" and "unreachable" in log.entries()[-1]["error"]
+    resumed = GateLog(log.path, promote_every=2, iterations=5)  # the resumed run's view
+    assert resumed.due(1) and not resumed.due(2)
+    measure = fixed_measure({"retro@1": 0.5, "retro@0": 0.2})
+    decision = resumed.run(1, registry, cfg, tmp_path / "gate", measure)
+    assert decision.promote and registry.resolve("prod") == 1
+    assert resumed.decided() == {1} and not resumed.due(1) and resumed.due(3)
+    with log.path.open("a") as f:
+        f.write('{"iteration": 3, "outc')  # a crash mid-write
+    assert resumed.decided() == {1} and resumed.due(3)

@@ -27,6 +27,9 @@ class RegistryConfig:
     """``prod`` moves to a candidate only if its validation return >= the current one - margin."""
     gate_tasks: int = 20
     """Validation-split tasks the promotion gate evaluates each side on."""
+    gate_min_tasks: int = 1
+    """Validation tasks each side must have played for the gate to decide; fewer (an empty
+    split, failed episodes) is ``no_evidence`` and ``prod`` stays where it is."""
 
     def validate(self, key: str) -> None:
         require(self.root is None or bool(self.root), f"{key}.root", self.root, "a directory")
@@ -39,6 +42,12 @@ class RegistryConfig:
         positive(self.max_lora_rank, f"{key}.max_lora_rank")
         require(self.gate_margin >= 0, f"{key}.gate_margin", self.gate_margin, "a number >= 0")
         positive(self.gate_tasks, f"{key}.gate_tasks")
+        require(
+            1 <= self.gate_min_tasks <= self.gate_tasks,
+            f"{key}.gate_min_tasks",
+            self.gate_min_tasks,
+            f"an integer from 1 to registry.gate_tasks ({self.gate_tasks})",
+        )
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ after the next collection, so it is near 0 when learning is the shorter of the t
 ``seconds`` (the driver's time on the iteration, the promotion gate aside).
 
 Resumable: a rerun with the same run directory skips collected iterations (the log) and applied
-batches (the learner's checkpoint cursor).
+batches (the learner's checkpoint cursor), and runs again a gate that raised or never ran (gate
+outcomes live in ``gates.jsonl``, apart from the iteration records).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -208,7 +208,7 @@ class BatchFlow:
 
 def earlier_records(metrics_path: Path) -> dict[int, dict[str, Any]]:
     """The iterations an earlier run of this directory finished (``metrics.jsonl``): a resumed
-    run keeps their records and gates instead of writing and running them again."""
+    run keeps their records instead of writing them again (their gates: ``GateLog``)."""
     if not metrics_path.is_file():
         return {}
     records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
@@ -242,7 +242,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
     from retro_ray.learner.train_loop import RegistryTarget
     from retro_ray.rollout.pool import RolloutPool
     from retro_ray.serve import launch
-    from retro_ray.serve.gate import gated_promote
+    from retro_ray.serve.gate import GateLog
 
     start = time.monotonic()
     cfg = resolve_models(cfg)
@@ -288,6 +288,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
             flow = BatchFlow(learner, app, gauges, cfg.learner.max_staleness, registry_cfg.name)
             applied_before = learner.state().get("acked", 0)  # batches of an earlier run
             earlier = earlier_records(metrics_path)
+            gates = GateLog(run_dir / "gates.jsonl", cfg.train.promote_every, iterations)
             in_flight: InFlight | None = None  # overlap: the batch training during collection
             for it in range(iterations):
                 chunk = tasks[it * per_iteration : (it + 1) * per_iteration]
@@ -323,6 +324,9 @@ def run_train(cfg: Config) -> dict[str, Any]:
                     submitted = True
                 if it in earlier and not submitted:  # finished by an earlier run
                     history.append(earlier[it])
+                    if gates.due(it):  # its gate raised, or the driver died before it
+                        decision = gates.run(it, app.registry, collect_cfg, run_dir / "gate")
+                        log(f"promotion gate (resumed): {decision.reason}")
                     continue
                 if in_flight is not None and (not cfg.train.overlap or it + 1 == iterations):
                     flow.settle(in_flight)  # synchronous, or the last batch before the gate
@@ -330,12 +334,8 @@ def run_train(cfg: Config) -> dict[str, Any]:
                 record["seconds"] = time.monotonic() - t0  # the driver's time, the gate aside
                 if in_flight is None:
                     write(record)  # else once its batch is applied, after the next collection
-                if (it + 1) % cfg.train.promote_every == 0 or it + 1 == iterations:
-                    decision = asyncio.run(
-                        gated_promote(
-                            app.registry, collect_cfg, TRAIN_ALIAS, out_dir=run_dir / "gate"
-                        )
-                    )
+                if gates.due(it):  # outcome in gates.jsonl, apart from the iteration's record
+                    decision = gates.run(it, app.registry, collect_cfg, run_dir / "gate")
                     log(f"promotion gate: {decision.reason}")
     finally:
         launch.stop(app)
