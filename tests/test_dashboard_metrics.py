@@ -127,6 +127,7 @@ def _watch(head, client, job_id: str, ready: Path, wanted: set[str]) -> set[str]
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a local head, then up to 900 s of a training job
 def test_learner_metrics_are_emitted_by_training(tmp_path: Path) -> None:
     """The dashboard's learner panels, against a tiny ``retro-ray train`` job."""
     learner = sorted(n for n in queried_metrics(dashboard()) if n.startswith(LEARNER_PREFIX))

@@ -126,6 +126,7 @@ def test_two_point_sweep_job(head: LocalHead, tmp_path: Path) -> None:
 TRAIN_TINY = REPO / "configs" / "train_tiny.yaml"
 
 
+@pytest.mark.timeout(1200)  # waits up to 900 s for the job itself
 def test_tiny_train_job(head: LocalHead, tmp_path: Path) -> None:
     """``jobs/train.py`` runs ``retro-ray train`` against the job's cluster."""
     from ray.job_submission import JobSubmissionClient

@@ -12,6 +12,7 @@ from benchmarks.learning_proof import run
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # builds the default zoo when the cache is empty (minutes)
 def test_policy_gradient_raises_held_out_reflection_reward() -> None:
     import argparse
 

@@ -33,7 +33,10 @@ pytestmark = pytest.mark.slow
 
 TOKEN_ENV = "RETRO_RAY_TEST_SERVE_TOKEN"
 TOKEN = "test-token-123"
-SWAP_BOUND_S = 15.0  # publish -> first response on the new version, on 2 shared cores
+SWAP_BOUND_S = 60.0
+"""How long to wait for a swap to show: the app's swap_timeout_s (30), its poll interval and a
+request. A swap that happens at all shows by then; how fast it is, benchmarks.hotswap measures
+(a tighter bound here only flaked on a loaded 2-core machine)."""
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 
 
@@ -222,21 +225,33 @@ def test_three_versions_swapped_under_a_steady_stream(served: Served) -> None:
     registry = served.app.registry
     stream = RequestStream(served.url, "train", clients=3, token=TOKEN).start()
     try:
-        time.sleep(1.0)
+        assert wait_until(lambda: answered(stream) >= 3)  # the stream is flowing
         delays = []
         for adapter in ("a", "b", "a"):  # the same files twice still make a new version
             began = time.monotonic()
             meta = registry.publish(served.tiny.adapters[adapter], step=len(delays))
             delays.append(stream.wait_for(meta.name, began, SWAP_BOUND_S))
-            time.sleep(0.5)
+            assert wait_until(lambda name=meta.name: answered(stream, name) >= 3)
     finally:
         samples = stream.stop()
     print(f"publish -> first response on the new version: {delays}; {len(samples)} requests")
     assert not failures(samples), failures(samples)[:3]
     assert monotone_per_client(samples)
-    assert all(d is not None and d < SWAP_BOUND_S for d in delays)
+    assert all(d is not None for d in delays), delays
     names = {s.model for s in samples}
     assert {f"retro@{registry.resolve('train') - k}" for k in range(3)} <= names
+
+
+def answered(stream: RequestStream, model: str | None = None) -> int:
+    """Requests the stream got answered so far (by ``model``, if given)."""
+    return sum(1 for s in list(stream.samples) if s.status == 200 and model in (None, s.model))
+
+
+def failed_swaps(served: Served, reason: str) -> int:
+    import ray
+
+    swaps = ray.get(served.app.controller.swaps.remote())
+    return sum(1 for s in swaps if not s.ok and reason in s.reason)
 
 
 def _wrong_rank_adapter(tiny: TinyModel, out: Path) -> Path:
@@ -263,9 +278,10 @@ def test_bad_adapters_are_rejected_while_serving_continues(
     shutil.copytree(served.tiny.adapters["b"], corrupt)
     (corrupt / "adapter_model.safetensors").write_bytes(b"\x00" * 512)
     other = build_tiny_model(tmp_path_factory.mktemp("other"), hidden_size=64, num_layers=1)
+    tampered_before = failed_swaps(served, "changed since publish")
     stream = RequestStream(served.url, "train", clients=2, token=TOKEN).start()
     try:
-        time.sleep(0.5)
+        assert wait_until(lambda: answered(stream) >= 2)
         for bad, why in [
             (corrupt, "corrupt"),
             (_wrong_rank_adapter(served.tiny, tmp_path / "rank16"), "max_lora_rank"),
@@ -278,15 +294,15 @@ def test_bad_adapters_are_rejected_while_serving_continues(
         meta = registry.publish(served.tiny.adapters["b"], alias=None)
         (registry.path(meta.version) / "adapter_model.safetensors").write_bytes(b"tampered")
         registry.promote(meta.version, "train")
-        time.sleep(3.0)
+        assert wait_until(
+            lambda: failed_swaps(served, "changed since publish") > tampered_before
+        ), "the tampered version's swap was never attempted"
+        after_swap = answered(stream)
+        assert wait_until(lambda: answered(stream) >= after_swap + 4)  # still serving after it
     finally:
         samples = stream.stop()
         registry.rollback("train", current)
     assert not failures(samples) and {s.model for s in samples} == {current}
-    import ray
-
-    swaps = ray.get(served.app.controller.swaps.remote())
-    assert any(not s.ok and "changed since publish" in s.reason for s in swaps)
 
 
 def test_cli_promote_and_rollback_move_prod(served: Served) -> None:

@@ -104,6 +104,7 @@ def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two `retro-ray train` runs (the second resumes the first)
 def test_train_overlap_collects_one_step_off_policy(tmp_path: Path) -> None:
     summary, metrics = run_train_tiny(
         tmp_path, "train.overlap=true", "train.iterations=3", "serve.port=8128"
