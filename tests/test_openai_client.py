@@ -7,14 +7,15 @@ import asyncio
 import logging
 import socket
 import time
+import traceback
 
 import openai
 import pytest
 
 from retro_ray.config import EndpointConfig
 from retro_ray.llm import OpenAIClient as LazyOpenAIClient
-from retro_ray.llm.base import EndpointError, LLMClient, SamplingParams
-from retro_ray.llm.openai_client import OpenAIClient
+from retro_ray.llm.base import EndpointError, LLMClient, RequestRejected, SamplingParams
+from retro_ray.llm.openai_client import REJECTIONS_BEFORE_OUTAGE, OpenAIClient
 
 try:
     from tests.support.openai_server import OpenAIServer, apply_limits
@@ -257,8 +258,8 @@ def test_failed_batch_cancels_its_other_requests():
         assert len(server.requests) < 5  # the queued requests were never sent
 
 
-@pytest.mark.parametrize("status", [400, 401, 404])
-def test_client_errors_not_retried(server, status):
+@pytest.mark.parametrize("status", [401, 403, 404])
+def test_setup_errors_not_retried(server, status):
     server.fail_next(1, status=status, message="bad request")
     client = OpenAIClient(make_config(server))
     with pytest.raises(EndpointError) as info:
@@ -268,6 +269,69 @@ def test_client_errors_not_retried(server, status):
     assert f"HTTP {status}" in str(info.value)
     assert "1 attempt." in str(info.value)
     assert server.base_url in str(info.value)
+
+
+OVERFLOW = (
+    "This model's maximum context length is 2048 tokens. However, you requested 4107 tokens "
+    "(4043 in the messages, 64 in the completion). Please reduce the length of the messages."
+)
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_rejected_request_is_not_an_outage(server, status):
+    """A refusal of this one request (a prompt past the context window) is not retried and is
+    not an EndpointError: the trial loop records the episode as failed and the run goes on."""
+    server.fail_next(1, status=status, message=OVERFLOW)
+    client = OpenAIClient(make_config(server))
+    with pytest.raises(RequestRejected) as info:
+        run_generate(client, ["x"], SamplingParams())
+    assert not isinstance(info.value, EndpointError)
+    assert len(server.requests) == 1 and client.usage.retries == 0
+    assert info.value.status == status and info.value.kind == "invalid_request_error"
+    assert server.base_url in str(info.value) and f"HTTP {status}" in str(info.value)
+    assert "maximum context length" in str(info.value)
+    # The client stays usable: the next request is answered.
+    assert run_generate(client, ["y"], SamplingParams())[0].text
+
+
+def test_a_prompt_pattern_rejected_by_the_loopback_server():
+    with OpenAIServer(echo_actor, reject=lambda p: OVERFLOW if "huge" in p else None) as srv:
+        client = OpenAIClient(make_config(srv))
+        with pytest.raises(RequestRejected, match="maximum context length"):
+            run_generate(client, ["a huge prompt"], SamplingParams())
+        assert run_generate(client, ["a small prompt"], SamplingParams())[0].text
+
+
+def test_every_request_rejected_is_a_setup_error(server):
+    """Rejections without a success between them: a setting (a parameter the server refuses),
+    not the input, so the run stops instead of failing every episode."""
+    server.fail_next(REJECTIONS_BEFORE_OUTAGE, status=400, message="unknown parameter 'seed'")
+    client = OpenAIClient(make_config(server))
+    for _ in range(REJECTIONS_BEFORE_OUTAGE - 1):
+        with pytest.raises(RequestRejected):
+            run_generate(client, ["x"], SamplingParams())
+    with pytest.raises(EndpointError, match="in a row rejected") as info:
+        run_generate(client, ["x"], SamplingParams())
+    assert info.value.status == 400
+
+
+def test_error_carries_no_raw_body_and_no_chained_exception(server, monkeypatch):
+    """The SDK exception's text is the provider's whole body, which may echo the prompt or the
+    key: the error is raised ``from None`` with the status, the type and a short reason only."""
+    secret = "sk-test-echoed-key-456"
+    monkeypatch.setenv(KEY_ENV, secret)
+    prompt_echo = "PROMPT-ECHO " * 200
+    server.fail_next(1, status=401, message=f"bad key {secret}; you sent: {prompt_echo}")
+    client = OpenAIClient(make_config(server))
+    with pytest.raises(EndpointError) as info:
+        run_generate(client, ["x"], SamplingParams())
+    error = info.value
+    assert error.__cause__ is None and error.__suppress_context__
+    assert error.status == 401 and error.kind == "invalid_request_error"
+    printed = "".join(traceback.format_exception(error))
+    assert secret not in printed and "Error code: 401 - {" not in printed
+    assert printed.count("PROMPT-ECHO") < 20  # a short excerpt, not the body
+    assert server.base_url in printed and "HTTP 401" in printed
 
 
 def test_api_key_sent_but_never_shown(server, monkeypatch, caplog):

@@ -32,6 +32,7 @@ class TrialRecord:
     reflector_prompt_tokens: int = 0
     reflector_completion_tokens: int = 0
     duration_s: float = 0.0
+    failure: str | None = None  # why the task stopped here on bad input (None: it did not)
 
 
 @dataclass
@@ -77,6 +78,7 @@ def summarize(results: Sequence[TaskResult], max_trials: int) -> dict[str, Any]:
         "actor_completion_tokens": sum(t.actor_completion_tokens for t in trials),
         "actor_cost": sum(t.actor_cost for t in trials),
         "reflector_completion_tokens": sum(t.reflector_completion_tokens for t in trials),
+        "failed_tasks": sum(any(t.failure for t in r.trials) for r in results),
     }
 
 

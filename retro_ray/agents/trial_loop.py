@@ -7,6 +7,11 @@ once as asyncio tasks; the LLM clients bound their own concurrency.
 
 An ``EndpointError`` (an LLM endpoint that stayed down after its retries) is never recorded as a
 failed trial: it stops the run, and the tasks already finished stay in the results log.
+
+Deterministic bad input is the opposite case: a request the endpoint rejects for what it holds
+(``RequestRejected``: a prompt past the context window) or an LLM reflector that writes nothing.
+Retrying cannot help and the endpoint is fine, so the task stops there, counted as unsolved, with
+the reason in ``TrialRecord.failure``, and the other tasks go on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from retro_ray.agents.reflectors import Reflector
 from retro_ray.agents.results import TaskResult, TrialRecord
 from retro_ray.aio import gather_all
 from retro_ray.envs.base import Step, Task, TextEnv, Trajectory
+from retro_ray.llm.base import RequestRejected
 
 THINK_OBSERVATION = "OK."
 DEFAULT_MAX_STEPS = 30
@@ -44,12 +50,23 @@ class TrialLoop:
             reflections = memory[-self.memory_size :] if self.memory_size else []
             record, trajectory = await self.run_trial(env, task, k, reflections)
             result.trials.append(record)
-            if trajectory.won:
+            if trajectory.won or record.failure:
                 break
             if self.reflector is None or k == self.max_trials - 1:
                 continue
             seed = f"{self.seed}|{task.task_id}|{k}"
-            reflection = await self.reflector.reflect(env, trajectory, reflections, seed)
+            try:
+                reflection = await self.reflector.reflect(env, trajectory, reflections, seed)
+            except RequestRejected as exc:
+                record.failure = f"reflector request rejected: {exc}"
+                break
+            if not reflection.text and reflection.completion is not None:
+                record.failure = (
+                    "the reflector returned an empty reflection "
+                    f"(finish reason {reflection.completion.finish_reason!r})"
+                )
+                record.reflection_prompt = reflection.prompt or None
+                break
             memory.append(reflection.text)
             record.reflection = reflection.text
             record.reflection_prompt = reflection.prompt or None
@@ -81,7 +98,11 @@ class TrialLoop:
         # Rule-based policies draw their tie-breaks from this seed: same task and memory, same play.
         seed = f"{self.seed}|{task.task_id}|" + "|".join(reflections)
         for _ in range(limit):
-            turn = await self.actor.act(env, trajectory, reflections, seed)
+            try:
+                turn = await self.actor.act(env, trajectory, reflections, seed)
+            except RequestRejected as exc:  # this trial's prompt: the task cannot go on
+                record.failure = f"actor request rejected: {exc}"
+                break
             if turn.completion is not None:
                 record.actor_prompt_tokens += turn.completion.prompt_tokens
                 record.actor_completion_tokens += turn.completion.completion_tokens

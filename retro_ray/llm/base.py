@@ -89,4 +89,22 @@ class PinnedAdapter:
 
 class EndpointError(RuntimeError):
     """An LLM endpoint stayed unreachable or kept failing after all retries. Never counted as a
-    failed episode: the run stops, keeping what it finished, and names the endpoint."""
+    failed episode: the run stops, keeping what it finished, and names the endpoint.
+
+    ``status`` is the last HTTP status (None: no answer) and ``kind`` the error's type, so callers
+    can sort failures without parsing the message (which never carries a provider's raw body)."""
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status, self.kind = status, kind
+
+
+class RequestRejected(Exception):
+    """The endpoint answered, and refused this one request for what it holds (HTTP 400, 413, 422:
+    a prompt past the context window, text it cannot take). Deterministic, so neither a retry nor
+    a pause helps, and the endpoint is healthy: unlike ``EndpointError`` this is not an outage.
+    The trial loop records the episode as failed with this reason and the run goes on."""
+
+    def __init__(self, message: str, *, status: int | None = None, kind: str | None = None):
+        super().__init__(message)
+        self.status, self.kind = status, kind

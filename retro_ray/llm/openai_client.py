@@ -6,8 +6,14 @@ retry ourselves so that every retry is logged (endpoint, status, attempt), count
 endpoint and says what to check. A run must stop on a dead endpoint, never count it as a failed
 episode.
 
+A refusal of one request for what it holds (400, 413, 422 and the other 4xx that are neither
+retried, 408/409/429, nor about the endpoint's setup, 401/403/404) is not an outage: it raises
+``RequestRejected`` at once, and the trial loop records that episode as failed with the reason.
+
 The API key is read from the environment variable named in the config and never appears in logs,
-error messages or ``repr``.
+error messages or ``repr``. Errors are raised ``from None`` and carry the status, the error's type
+and a short excerpt of the provider's message (key scrubbed), never the SDK exception whose text
+is the provider's whole raw body (which may echo the prompt or the key).
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ import openai
 from openai import AsyncOpenAI
 
 from retro_ray.config import EndpointConfig
-from retro_ray.llm.base import Completion, EndpointError, SamplingParams, UsageTotals
+from retro_ray.llm.base import (
+    Completion,
+    EndpointError,
+    RequestRejected,
+    SamplingParams,
+    UsageTotals,
+)
+from retro_ray.safe_text import sanitize_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +51,18 @@ MAX_BACKOFF_S = 30.0
 
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 """4xx statuses worth retrying (timeout, conflict, rate limit); every 5xx is retried too."""
+
+_SETUP_STATUS = frozenset({401, 403, 404})
+"""4xx statuses about the endpoint's setup (key, permission, model name), not the request: every
+request would get them, so they stop the run (``EndpointError``) instead of failing episodes."""
+
+REJECTIONS_BEFORE_OUTAGE = 16
+"""Rejected requests in a row (no success between) after which the cause is taken to be the
+setup, not the input (a parameter the server refuses, a context window smaller than every
+prompt): the client raises ``EndpointError`` and the run stops instead of failing every episode."""
+
+REASON_CHARS = 160
+"""How much of a provider's error message an error or log line quotes."""
 
 
 class OpenAIClient:
@@ -54,6 +79,7 @@ class OpenAIClient:
         self.config = config
         self.request_token_ids = request_token_ids
         self.usage = UsageTotals()
+        self.rejected_in_row = 0
         self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
         # The SDK client and the semaphore belong to one event loop; both are (re)made lazily
         # for the loop that is running, so a client survives successive ``asyncio.run`` calls.
@@ -126,21 +152,24 @@ class OpenAIClient:
         while True:
             attempts += 1
             try:
-                return await self._request(prompt, sampling)
+                completion = await self._request(prompt, sampling)
+                self.rejected_in_row = 0
+                return completion
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
                 status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
                 retryable = status is None or status >= 500 or status in _RETRYABLE_STATUS
                 if not retryable or attempts > cfg.max_retries:
-                    raise self._endpoint_error(
+                    # from None: the SDK exception's text is the provider's raw body.
+                    raise self._failure(
                         exc, status, attempts, retryable, self._model_name(sampling)
-                    ) from exc
+                    ) from None
                 delay = self._backoff(attempts - 1, exc)
                 self.usage.retries += 1
                 logger.warning(
                     "endpoint %s (model %s): %s; retry %d/%d in %.2fs",
                     cfg.base_url,
                     self._model_name(sampling),
-                    self._scrub(_describe(status, exc)),
+                    self._scrub(_describe(status, exc)),  # short, never the raw body
                     attempts,
                     cfg.max_retries,
                     delay,
@@ -192,7 +221,7 @@ class OpenAIClient:
         prompt_tokens = int(usage.prompt_tokens) if usage is not None else 0
         completion_tokens = int(usage.completion_tokens) if usage is not None else 0
         return Completion(
-            text=text,
+            text=sanitize_text(text),  # a lone surrogate in the JSON must not reach Parquet
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             token_ids=_token_ids(choice),
@@ -220,27 +249,40 @@ class OpenAIClient:
                 delay = max(delay, float(retry_after)) if retry_after else delay
         return min(delay, MAX_BACKOFF_S)
 
-    def _endpoint_error(
+    def _failure(
         self, exc: Exception, status: int | None, attempts: int, retryable: bool, model: str
-    ) -> EndpointError:
+    ) -> EndpointError | RequestRejected:
+        """``RequestRejected`` for a refusal of this request, else ``EndpointError``; either
+        names the endpoint, the model, the status and a short reason."""
         cfg = self.config
+        kind = _error_kind(exc)
+        if _rejects_the_request(status):
+            self.rejected_in_row += 1
+        if _rejects_the_request(status) and self.rejected_in_row < REJECTIONS_BEFORE_OUTAGE:
+            message = (
+                f"LLM endpoint {cfg.base_url} (model {model!r}) rejected the request: "
+                f"{_describe(status, exc)}"
+            )
+            return RequestRejected(self._scrub(message), status=status, kind=kind)
         if status is None:
             hint = f"is the server running at {cfg.base_url} and reachable from here?"
         elif status in (401, 403):
             hint = f"is the API key in ${cfg.api_key_env} set and valid for this endpoint?"
         elif status == 404:
             hint = f"does the server at {cfg.base_url} serve the model (see GET /models)?"
-        elif status in (400, 422):
-            hint = "the server rejected the request: check the sampling parameters and model"
+        elif status is not None and 400 <= status < 500:
+            hint = "the server rejected every request: check the sampling parameters and model"
         else:
             hint = f"is the server at {cfg.base_url} healthy (check its logs)?"
         why = "gave up after" if retryable else "not retried;"
+        if _rejects_the_request(status):
+            why = f"{self.rejected_in_row} requests in a row rejected, the last after"
         message = (
             f"LLM endpoint {cfg.base_url} (model {model!r}) failed: "
             f"{_describe(status, exc)}; {why} {attempts} attempt{'s' if attempts != 1 else ''}. "
             f"Hint: {hint}"
         )
-        return EndpointError(self._scrub(message))
+        return EndpointError(self._scrub(message), status=status, kind=kind)
 
     def _scrub(self, text: str) -> str:
         """Never let the key through, even if a server echoes it back in an error body."""
@@ -249,12 +291,38 @@ class OpenAIClient:
         return text
 
 
+def _rejects_the_request(status: int | None) -> bool:
+    """A 4xx about this request (not retried, not about the endpoint's setup)."""
+    return (
+        status is not None
+        and 400 <= status < 500
+        and status not in _RETRYABLE_STATUS
+        and status not in _SETUP_STATUS
+    )
+
+
 def _describe(status: int | None, exc: Exception) -> str:
+    """``HTTP 400 invalid_request_error (the provider's message, cut short)``: from the parsed
+    error object, never the SDK's message (``Error code: 400 - {...the whole body...}``)."""
     if status is None:
         kind = "timeout" if isinstance(exc, openai.APITimeoutError) else "connection error"
-        return f"{kind} ({exc})"
-    message = getattr(exc, "message", str(exc))
-    return f"HTTP {status} ({_shorten(message)})"
+        return kind
+    body = getattr(exc, "body", None)
+    detail = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(detail, str) or not detail.strip():
+        response = getattr(exc, "response", None)
+        detail = getattr(response, "reason_phrase", "") or ""
+    kind = _error_kind(exc)
+    return f"HTTP {status} {kind} ({_shorten(detail, REASON_CHARS)})"
+
+
+def _error_kind(exc: Exception) -> str:
+    """The provider's error type (``invalid_request_error``) when it sent one, else the SDK's."""
+    body = getattr(exc, "body", None)
+    kind = body.get("type") if isinstance(body, dict) else None
+    if isinstance(kind, str) and kind.isidentifier() and len(kind) <= 64:
+        return kind
+    return type(exc).__name__
 
 
 def _shorten(text: str, limit: int = 300) -> str:

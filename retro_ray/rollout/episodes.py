@@ -38,7 +38,7 @@ from retro_ray.aio import gather_all
 from retro_ray.config import Config
 from retro_ray.envs.base import Task
 from retro_ray.learner.groups import FailedTrial, ReflectionGroup, play_branches
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.llm.base import Completion, LLMClient, RequestRejected, SamplingParams
 from retro_ray.registry import TRAIN_ALIAS
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow, now_utc
 
@@ -209,17 +209,21 @@ class EpisodeRunner:
         rows = [self._row(record, sample=0)]
         memory: list[str] = []
         for k in range(loop.max_trials - 1):
-            if trajectory.won or self.reflector is None:
-                break
+            if trajectory.won or self.reflector is None or _main_row(rows, k).failure:
+                break  # won, nothing to reflect with, or the main chain stopped on bad input
             window = memory[-loop.memory_size :] if loop.memory_size else []
             seed = f"{loop.seed}|{task.task_id}|{k}"
             reflector = self.reflector
-            timed = await gather_all(
-                [
-                    _timed(reflector.reflect(env, trajectory, window, f"{seed}|{i}"))
-                    for i in range(m)
-                ]
-            )
+            try:
+                timed = await gather_all(
+                    [
+                        _timed(reflector.reflect(env, trajectory, window, f"{seed}|{i}"))
+                        for i in range(m)
+                    ]
+                )
+            except RequestRejected as exc:  # bad input, not an outage: the episode stops here
+                _main_row(rows, k).failure = f"reflector request rejected: {exc}"
+                break
             reflections = [r for r, _ in timed]
             group = ReflectionGroup(
                 failed=FailedTrial(task, trajectory, tuple(window), reflections[0].prompt),
@@ -255,7 +259,13 @@ class EpisodeRunner:
             actor_completion_tokens=record.actor_completion_tokens,
             cost=record.actor_cost,
             latency_s=record.duration_s,
+            failure=record.failure,
         )
+
+
+def _main_row(rows: Sequence[ExperienceRow], trial: int) -> ExperienceRow:
+    """The main chain's row of ``trial`` (sample 0)."""
+    return next(r for r in rows if r.trial == trial and r.sample == 0)
 
 
 def _fill_reflection(row: ExperienceRow, reflection: Reflection, seconds: float) -> None:

@@ -63,11 +63,13 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from retro_ray.durable import make_dirs, replace_durably
+from retro_ray.safe_text import sanitize_value
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-"""Bumped on any change of the columns below; readers check it (``schema_version`` column)."""
+SCHEMA_VERSION = 2
+"""Bumped on any change of the columns below; readers check it (``schema_version`` column) and
+read every older version (columns added since read as null). 2: ``failure``."""
 
 _NAMESPACE = uuid.UUID("6f1d3c1e-2a4b-4c55-9a2e-5e0f7a9b1c3d")  # fixed: file names are stable
 
@@ -104,6 +106,9 @@ class ExperienceRow:
     latency_s: float = 0.0  # wall time of the trial (actor calls and environment steps)
     reflection_latency_s: float = 0.0  # wall time of the reflection call
     attempt: int = 0  # how many earlier attempts of this episode failed (worker crash, outage)
+    failure: str | None = None  # why the episode stopped at this trial on bad input (a request
+    # the endpoint rejected, an empty reflection); None: played normally. A failed episode counts
+    # as unsolved, and the run goes on.
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
@@ -141,8 +146,12 @@ _TYPES: dict[str, pa.DataType] = {
     "latency_s": pa.float64(),
     "reflection_latency_s": pa.float64(),
     "attempt": pa.int32(),
+    "failure": pa.string(),
     "started_at": pa.timestamp("us", tz="UTC"),
     "finished_at": pa.timestamp("us", tz="UTC"),
+}
+_TEXT_COLUMNS = {
+    name for name, kind in _TYPES.items() if kind in (pa.string(), pa.list_(pa.string()))
 }
 _NON_NULL = {"task_id", "split", "env", "mode", "trial", "sample", "won", "return_after"}
 
@@ -174,9 +183,14 @@ def episode_file_name(run_id: str, iteration: int, task_id: str) -> str:
 
 
 def to_table(rows: Sequence[ExperienceRow]) -> pa.Table:
+    """The rows as a table of ``SCHEMA``; text is sanitised (a lone surrogate from a model's
+    output would make the Parquet write fail and lose the episode)."""
     columns: dict[str, list[Any]] = {"schema_version": [SCHEMA_VERSION] * len(rows)}
     for f in fields(ExperienceRow):
-        columns[f.name] = [getattr(r, f.name) for r in rows]
+        values = [getattr(r, f.name) for r in rows]
+        if f.name in _TEXT_COLUMNS:
+            values = [sanitize_value(v) for v in values]
+        columns[f.name] = values
     return pa.Table.from_pydict(columns, schema=SCHEMA)
 
 

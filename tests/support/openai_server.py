@@ -5,7 +5,9 @@ the OS. Answers ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat
 the shapes of OpenAI's API, so the official ``openai`` client and our ``OpenAIClient`` can be tested
 end to end without a model. The text comes from ``responder(prompt)``; ``stop`` strings and
 ``max_tokens`` are applied to it with whitespace tokens. ``fail_next`` injects HTTP errors and
-``stop()`` makes the endpoint unreachable, to exercise retries and ``EndpointError``.
+``stop()`` makes the endpoint unreachable, to exercise retries and ``EndpointError``;
+``reject(prompt)`` (a message, or None to answer) refuses chosen prompts with a 400, as a server
+does for a prompt past its context window.
 
 Example::
 
@@ -94,8 +96,10 @@ class OpenAIServer:
         models: tuple[str, ...] = ("actor",),
         delay_s: float = 0.0,
         host: str = "127.0.0.1",
+        reject: Callable[[str], str | None] | None = None,
     ) -> None:
         self.responder = responder
+        self.reject = reject
         self.models = models
         self.delay_s = delay_s  # added to every answer: makes concurrency observable
         self.host = host
@@ -198,13 +202,13 @@ class OpenAIServer:
             ],
         }
 
+    def _rejection(self, req: dict[str, Any], chat: bool) -> str | None:
+        if self.reject is None:
+            return None
+        return next((m for m in map(self.reject, _prompts_of(req, chat)) if m), None)
+
     def _completion_body(self, req: dict[str, Any], chat: bool) -> dict[str, Any]:
-        if chat:
-            messages = req.get("messages") or []
-            prompts = ["\n".join(_content_text(m.get("content")) for m in messages)]
-        else:
-            raw = req.get("prompt", "")
-            prompts = [raw] if isinstance(raw, str) else [str(p) for p in raw]
+        prompts = _prompts_of(req, chat)
         stop = req.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
         max_tokens = req.get("max_tokens", req.get("max_completion_tokens"))
@@ -265,6 +269,14 @@ class OpenAIServer:
         }
 
 
+def _prompts_of(req: dict[str, Any], chat: bool) -> list[str]:
+    if chat:
+        messages = req.get("messages") or []
+        return ["\n".join(_content_text(m.get("content")) for m in messages)]
+    raw = req.get("prompt", "")
+    return [raw] if isinstance(raw, str) else [str(p) for p in raw]
+
+
 def _content_text(content: Any) -> str:
     """Chat content is a string or a list of parts (``{"type": "text", "text": ...}``)."""
     if isinstance(content, str):
@@ -321,6 +333,11 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             if fault is not None:
                 return fault.status, _error_body(fault.status, fault.message), fault.headers
             try:
+                chat = path == "/v1/chat/completions"
+                if self.command == "POST" and (chat or path == "/v1/completions"):
+                    rejection = server._rejection(body or {}, chat)
+                    if rejection:
+                        return 400, _error_body(400, rejection), {}
                 if self.command == "GET" and path == "/v1/models":
                     return 200, server._models_body(), {}
                 if self.command == "POST" and path == "/v1/completions":
