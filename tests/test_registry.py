@@ -511,3 +511,90 @@ def test_a_gate_that_raised_or_never_ran_is_due_again_on_resume(
     with log.path.open("a") as f:
         f.write('{"iteration": 3, "outc')  # a crash mid-write
     assert resumed.decided() == {1} and resumed.due(3)
+
+
+# -- approval mode: a person in the loop before prod moves ----------------------------------------
+
+
+def cli_config(tmp_path: Path, tiny: TinyModel, *extra: str) -> list[str]:
+    sets = [
+        "run.name=approved",
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"serve.model_dir={tiny.model_dir}",
+        "registry.max_lora_rank=8",
+        "registry.require_approval=true",
+        *extra,
+    ]
+    return [arg for item in sets for arg in ("--set", item)]
+
+
+def test_approval_mode_waits_for_registry_approve(
+    tiny: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from retro_ray.cli import main
+    from retro_ray.config import load_config
+    from retro_ray.registry import registry_history
+    from retro_ray.serve.cli import open_registry
+
+    config = cli_config(tmp_path, tiny)
+    assert main(["registry", "publish", str(tiny.adapters["a"]), *config]) == 0
+    cfg = load_config(None, config[1::2])
+    registry = open_registry(cfg)
+    measure = fixed_measure({"retro@1": 0.6, "retro@0": 0.2})
+    decision = asyncio.run(gated_promote(registry, cfg, "train", measure))
+    assert decision.outcome == "pending" and not decision.promote
+    assert "prod" not in registry.state().aliases  # the gate alone moves nothing
+
+    capsys.readouterr()
+    assert main(["registry", "list", "--json", *config]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [(p["version"], p["alias"]) for p in listing["pending"]] == [(1, "prod")]
+    assert main(["registry", "list", *config]) == 0
+    assert "pending: retro@1 -> prod" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit):  # who and why are required
+        main(["registry", "approve", "1", *config])
+    approve = ["registry", "approve", "1", "--by", "alice", "--reason", "read 20 reflections"]
+    assert main([*approve, *config]) == 0
+    assert json.loads(capsys.readouterr().out) == {"alias": "prod", "version": 1, "by": "alice"}
+    assert registry.resolve("prod") == 1 and registry.pending() == []
+    assert main([*approve, *config]) == 2  # nothing pending any more
+    assert "no pending promotion" in capsys.readouterr().err
+
+    # a manual promotion of prod must name who makes it in approval mode
+    assert main(["registry", "publish", str(tiny.adapters["b"]), *config]) == 0
+    assert main(["registry", "promote", "2", *config]) == 2
+    assert "--by NAME" in capsys.readouterr().err and registry.resolve("prod") == 1
+    assert main(["registry", "promote", "2", "--by", "bob", "--reason", "hotfix", *config]) == 0
+    assert main(["registry", "rollback", "--by", "carol", "--reason", "regression", *config]) == 0
+
+    history = registry_history(cfg.registry_dir)
+    assert [(h["event"], h["version"], h["previous"], h["by"]) for h in history] == [
+        ("pending", 1, None, None),
+        ("approve", 1, None, "alice"),
+        ("promote", 2, 1, "bob"),
+        ("rollback", 1, 2, "carol"),
+    ]
+    approval = history[1]
+    assert approval["reason"] == "read 20 reflections" and approval["alias"] == "prod"
+    assert "not worse than" in approval["gate_reason"] and approval["run"] == "approved"
+    assert set(approval) == {
+        "time", "event", "alias", "version", "previous", "reason", "by", "gate_reason", "run"
+    }  # fmt: skip
+
+
+def test_without_approval_mode_the_gate_promotes_and_history_shows_it(
+    registry: AdapterRegistry, tiny: TinyModel
+) -> None:
+    from retro_ray.config import load_config
+    from retro_ray.registry import registry_history
+
+    cfg = load_config(None, [])
+    registry.publish(tiny.adapters["a"])
+    asyncio.run(gated_promote(registry, cfg, "train", fixed_measure({"retro@1": 1, "retro@0": 0})))
+    assert registry.resolve("prod") == 1 and registry.pending() == []
+    with (registry.root / "events.jsonl").open("a") as f:
+        f.write('{"time": 1, "event": "prom')  # a torn last line does not break the history
+    [promotion] = registry_history(registry.root)
+    assert promotion["event"] == "promote" and promotion["by"] is None
+    assert "not worse than" in promotion["reason"]

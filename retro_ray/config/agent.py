@@ -9,6 +9,11 @@ from typing import Any, Literal
 from retro_ray.config.checks import in_range, positive, require
 from retro_ray.registry import PROD_ALIAS
 
+SERVE_TOKEN_ENV = "RETRO_RAY_SERVE_TOKEN"
+"""The variable holding the bearer token of our Serve app (``serve.api_key_env``'s default): the
+reflector's endpoint reads its key from it by default, so a reflector pointed at the local Serve
+app sends that app's token, never a cloud key such as ``OPENAI_API_KEY``."""
+
 
 @dataclass(frozen=True)
 class EndpointConfig:
@@ -114,10 +119,13 @@ class ReflectorConfig:
     trial. ``ground_truth_oracle``: written from the hidden solution (an upper bound only).
     ``vague``: true but useless advice. ``none``: no reflections (ReAct)."""
     endpoint: EndpointConfig = field(
-        default_factory=lambda: EndpointConfig(model="retrospective", max_tokens=64)
+        default_factory=lambda: EndpointConfig(
+            model="retrospective", max_tokens=64, api_key_env=SERVE_TOKEN_ENV
+        )
     )
     """Where the retrospective model is served (``--agent reflexion`` asks for ``endpoint.model``:
-    a frozen model, which may be the actor itself)."""
+    a frozen model, which may be the actor itself). Its key variable defaults to the Serve app's
+    token (``RETRO_RAY_SERVE_TOKEN``); name a cloud key here only for a cloud reflector."""
     trained_model: str = PROD_ALIAS
     """Model name or adapter alias of the trained reflector, asked for by ``--agent retroformer``
     at the same endpoint (our Serve app: ``prod`` is the promoted adapter, ``train`` the latest)."""

@@ -27,6 +27,10 @@ class RegistryConfig:
     """``prod`` moves to a candidate only if its validation return >= the current one - margin."""
     gate_tasks: int = 20
     """Validation-split tasks the promotion gate evaluates each side on."""
+    require_approval: bool = False
+    """Approval mode: a gate that passes a candidate only requests the promotion; ``prod`` moves
+    when a person runs ``retro-ray registry approve N --by NAME --reason TEXT`` (recorded, with
+    who and why, in ``events.jsonl``). Manual promotions of ``prod`` then need ``--by`` too."""
     gate_min_tasks: int = 1
     """Validation tasks each side must have played for the gate to decide; fewer (an empty
     split, failed episodes) is ``no_evidence`` and ``prod`` stays where it is."""

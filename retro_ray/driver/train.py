@@ -85,7 +85,14 @@ def resolve_models(cfg: Config) -> Config:
 
 
 def with_reflector_endpoint(cfg: Config, url: str) -> Config:
-    endpoint = dataclasses.replace(cfg.reflector.endpoint, base_url=url, model=cfg.registry.name)
+    """The reflector pointed at this run's Serve app, with the app's own token variable: the
+    configured key (a cloud reflector's ``OPENAI_API_KEY``) must not travel to the local app."""
+    endpoint = dataclasses.replace(
+        cfg.reflector.endpoint,
+        base_url=url,
+        model=cfg.registry.name,
+        api_key_env=cfg.serve.api_key_env,
+    )
     reflector = dataclasses.replace(cfg.reflector, kind="llm", endpoint=endpoint)
     return dataclasses.replace(cfg, reflector=reflector)
 

@@ -9,22 +9,30 @@ the registry is a directory any process can open. ``store`` holds the directory 
 
 from retro_ray.registry.store import (
     ALIASES,
+    HISTORY_EVENTS,
     PROD_ALIAS,
     TRAIN_ALIAS,
     AdapterRegistry,
     AdapterVersion,
+    PendingPromotion,
     RegistryOwnedByAnotherRun,
     RegistryState,
+    read_events,
+    registry_history,
 )
 from retro_ray.registry.validation import AdapterRejected
 
 __all__ = [
     "ALIASES",
+    "HISTORY_EVENTS",
     "PROD_ALIAS",
     "TRAIN_ALIAS",
     "AdapterRegistry",
     "AdapterRejected",
     "AdapterVersion",
+    "PendingPromotion",
     "RegistryOwnedByAnotherRun",
     "RegistryState",
+    "read_events",
+    "registry_history",
 ]

@@ -10,7 +10,9 @@ On-disk format (``format: 1``)::
                                    revision, next_version, aliases {"train": 3, "prod": 2},
                                    alias_history {"prod": [1, 2]}
     <root>/versions/<N>/           adapter_config.json, adapter_model.safetensors, metadata.json
-    <root>/events.jsonl            publish / promote / rollback / reject events, one JSON a line
+    <root>/events.jsonl            publish / promote / rollback / pending / approve / gate / reject
+                                   events, one JSON a line (``registry_history`` reads the alias
+                                   changes); ``registry.json`` also holds ``pending`` promotions
     <root>/registry.lock           fcntl lock: one writer at a time, across processes
 
 ``metadata.json`` holds ``version``, ``name`` (``retro@N``: the immutable name it is served
@@ -60,6 +62,59 @@ TRAIN_ALIAS = "train"
 PROD_ALIAS = "prod"
 """The promoted adapter: what users get (the gate or an operator moves it)."""
 ALIASES = (TRAIN_ALIAS, PROD_ALIAS)
+HISTORY_EVENTS = ("promote", "rollback", "pending", "approve")
+"""The events ``registry_history`` returns: every change of an alias, and every request for one."""
+
+
+def read_events(root: str | Path) -> list[dict[str, Any]]:
+    """``<root>/events.jsonl``, oldest first; a torn line (a crash mid-append) is skipped."""
+    path = Path(root) / "events.jsonl"
+    if not path.is_file():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("%s: skipping a torn line", path)
+    return found
+
+
+def registry_history(root: str | Path) -> list[dict[str, Any]]:
+    """Every promotion, rollback, pending promotion and approval of the registry at ``root``,
+    oldest first, from its ``events.jsonl`` (no base model needed: it reads the log alone).
+
+    Each entry has exactly these fields:
+
+    - ``time`` (float, epoch seconds) and ``event``: ``promote`` (the gate, or an operator with
+      ``retro-ray registry promote``, moved the alias), ``rollback`` (an operator moved it back),
+      ``pending`` (approval mode: the gate passed the version; the alias has not moved) or
+      ``approve`` (a person approved a pending promotion: the alias moved);
+    - ``alias`` (``train`` / ``prod``), ``version`` (int: the version the alias moved to, or the
+      one waiting), ``previous`` (int or None: the alias's version before; None for ``pending``);
+    - ``reason`` (str: the gate's reason, or the operator's / approver's words);
+    - ``by`` (str or None: who approved, or who promoted or rolled back when given; None for
+      the gate);
+    - ``gate_reason`` (str or None: for ``approve``, the reason the gate passed the version);
+    - ``run`` (str or None: the run that had the registry open, when it said).
+    """
+    return [
+        {
+            "time": float(e.get("time", 0.0)),
+            "event": e["event"],
+            "alias": e.get("alias"),
+            "version": int(e["version"]),
+            "previous": e.get("previous"),
+            "reason": e.get("reason") or "",
+            "by": e.get("by"),
+            "gate_reason": e.get("gate_reason"),
+            "run": e.get("run"),
+        }
+        for e in read_events(root)
+        if e.get("event") in HISTORY_EVENTS and e.get("version") is not None
+    ]
 
 
 @dataclass(frozen=True)
@@ -80,6 +135,16 @@ class AdapterVersion:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AdapterVersion:
         return cls(**{**data, "target_modules": tuple(data["target_modules"])})
+
+
+@dataclass(frozen=True)
+class PendingPromotion:
+    """A promotion the gate passed that waits for a person (``registry.require_approval``)."""
+
+    version: int
+    alias: str
+    reason: str  # the gate's
+    time: float
 
 
 @dataclass(frozen=True)
@@ -153,6 +218,7 @@ class AdapterRegistry:
                     }
                 )
         self.owner: str | None = self._read_index().get("run")
+        self.run = run
 
     def _check_owner(self, index: dict[str, Any], run: str | None, shared: bool) -> None:
         """Refuse another run's registry (unless ``shared``); a registry written before owners
@@ -222,10 +288,15 @@ class AdapterRegistry:
         return root
 
     def events(self) -> list[dict[str, Any]]:
-        path = self.root / "events.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_events(self.root)
+
+    def pending(self) -> list[PendingPromotion]:
+        """Promotions waiting for approval, oldest version first."""
+        requests = self._read_index().get("pending", {})
+        return [
+            PendingPromotion(int(v), r["alias"], r["reason"], r["time"])
+            for v, r in sorted(requests.items(), key=lambda item: int(item[0]))
+        ]
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -245,8 +316,8 @@ class AdapterRegistry:
         Any other failure (a full disk, a crash) leaves no staging directory behind and at most
         a complete version directory the index does not name yet; the next publish numbers past
         it (``skipped`` in its event)."""
-        if alias is not None and alias not in ALIASES:
-            raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+        if alias is not None:
+            _check_alias(alias)
         src = Path(adapter_dir)
         try:
             if base_model_hash is not None and base_model_hash != self.base_model_hash:
@@ -272,13 +343,24 @@ class AdapterRegistry:
         self._event("publish", version=version, name=meta.name, step=step, alias=alias, **extra)
         return meta
 
-    def promote(self, version: int | str, alias: str = PROD_ALIAS, reason: str = "") -> int:
+    def promote(
+        self,
+        version: int | str,
+        alias: str = PROD_ALIAS,
+        reason: str = "",
+        by: str | None = None,
+    ) -> int:
         """Point ``alias`` at ``version`` (the gate calls this after the candidate proved not
-        worse); the previous target is kept in the alias history for rollback."""
-        return self._set_alias(alias, version, "promote", reason)
+        worse); the previous target is kept in the alias history for rollback. ``by``: who,
+        when a person did it."""
+        return self._set_alias(alias, version, "promote", reason, by)
 
     def rollback(
-        self, alias: str = PROD_ALIAS, to: int | str | None = None, reason: str = ""
+        self,
+        alias: str = PROD_ALIAS,
+        to: int | str | None = None,
+        reason: str = "",
+        by: str | None = None,
     ) -> int:
         """Point ``alias`` back at ``to`` (any earlier version), or at its previous target."""
         if to is None:
@@ -286,7 +368,53 @@ class AdapterRegistry:
             if not history:
                 raise ValueError(f"alias {alias!r} has no earlier version to roll back to")
             to = history[-1]
-        return self._set_alias(alias, to, "rollback", reason)
+        return self._set_alias(alias, to, "rollback", reason, by)
+
+    def request_promotion(
+        self, version: int | str, alias: str = PROD_ALIAS, reason: str = ""
+    ) -> int:
+        """Approval mode: ``version`` passed the gate for ``alias`` and waits for a person
+        (``approve``); the alias does not move. Recorded in ``registry.json`` (``pending``) and
+        as a ``pending`` event."""
+        _check_alias(alias)
+        version = self.resolve(version)
+        with self._locked():
+            index = self._read_index()
+            request = {"alias": alias, "reason": reason, "time": time.time()}
+            index.setdefault("pending", {})[str(version)] = request
+            self._write_index(index)
+        self._event("pending", alias=alias, version=version, reason=reason)
+        return version
+
+    def approve(self, version: int | str, by: str, reason: str) -> int:
+        """A person approves the pending promotion of ``version``: its alias moves, and who and
+        why are recorded (an ``approve`` event, with the gate's reason as ``gate_reason``)."""
+        by, reason = _required_text(by, "by"), _required_text(reason, "reason")
+        version = self.resolve(version)
+        with self._locked():
+            index = self._read_index()
+            request = index.get("pending", {}).pop(str(version), None)
+            if request is None:
+                waiting = [p.version for p in self.pending()] or "none"
+                raise ValueError(
+                    f"version {version} has no pending promotion (pending: {waiting}); only a "
+                    "version the gate passed in approval mode can be approved (retro-ray "
+                    "registry promote moves an alias directly)"
+                )
+            alias = request["alias"]
+            previous = index["aliases"].get(alias)
+            self._move_alias(index, alias, version)
+            self._write_index(index)
+        self._event(
+            "approve",
+            alias=alias,
+            version=version,
+            previous=previous,
+            by=by,
+            reason=reason,
+            gate_reason=request["reason"],
+        )
+        return version
 
     def record(self, event: str, **fields: Any) -> None:
         """Append an audit event (the gate logs its decisions here)."""
@@ -294,13 +422,18 @@ class AdapterRegistry:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _set_alias(self, alias: str, ref: int | str, event: str, reason: str) -> int:
-        if alias not in ALIASES:
-            raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+    def _set_alias(
+        self, alias: str, ref: int | str, event: str, reason: str, by: str | None = None
+    ) -> int:
+        _check_alias(alias)
+        who = {} if by is None else {"by": _required_text(by, "by")}
         version = self.resolve(ref)
         with self._locked():
             index = self._read_index()
             previous = index["aliases"].get(alias)
+            request = index.get("pending", {}).get(str(version))
+            if request is not None and request["alias"] == alias:  # done by hand: not pending
+                del index["pending"][str(version)]
             if event == "rollback" and previous is not None:
                 history = index["alias_history"].setdefault(alias, [])
                 if version in history:  # forget the target's entry and all that came after
@@ -310,7 +443,7 @@ class AdapterRegistry:
             else:
                 self._move_alias(index, alias, version)
             self._write_index(index)
-        self._event(event, alias=alias, version=version, previous=previous, reason=reason)
+        self._event(event, alias=alias, version=version, previous=previous, reason=reason, **who)
         return version
 
     def _next_version(self, index: dict[str, Any]) -> tuple[int, list[int]]:
@@ -406,7 +539,8 @@ class AdapterRegistry:
         replace_durably(tmp, self._index_path)
 
     def _event(self, event: str, **fields: Any) -> None:
-        line = json.dumps({"time": time.time(), "event": event, **fields})
+        run = {} if self.run is None or "run" in fields else {"run": self.run}
+        line = json.dumps({"time": time.time(), "event": event, **fields, **run})
         with self._locked(), (self.root / "events.jsonl").open("a") as f:
             f.write(line + "\n")
             f.flush()
@@ -420,3 +554,16 @@ class AdapterRegistry:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_alias(alias: str) -> None:
+    if alias not in ALIASES:
+        raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
+
+
+def _required_text(value: str, what: str) -> str:
+    """Who approved and why: non-empty, one line, at most 500 characters."""
+    text = (value or "").strip()
+    if not text or "\n" in text or len(text) > 500:
+        raise ValueError(f"{what} must be one non-empty line of at most 500 characters: {value!r}")
+    return text

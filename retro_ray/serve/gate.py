@@ -34,10 +34,12 @@ PROMOTE = "promote"
 REJECT = "reject"
 NO_EVIDENCE = "no_evidence"
 ALREADY_PROD = "already_prod"
-OUTCOMES = (PROMOTE, REJECT, NO_EVIDENCE, ALREADY_PROD)
+PENDING = "pending"
+OUTCOMES = (PROMOTE, REJECT, NO_EVIDENCE, ALREADY_PROD, PENDING)
 """What a gate decided: ``promote`` moved ``prod``; ``reject``: the candidate is worse;
 ``no_evidence``: too few validation tasks were played to compare (nothing moves); ``already_prod``:
-the candidate is ``prod`` already (nothing measured)."""
+the candidate is ``prod`` already (nothing measured); ``pending``: approval mode, the candidate
+passed and waits for ``retro-ray registry approve`` (``prod`` has not moved)."""
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,18 @@ async def gated_promote(
     candidate_measured = await measure(cand_name)
     current_measured = await measure(cur_name)
     decision = gate.decide(candidate_measured, current_measured, cand_name, cur_name)
+    if decision.promote and cfg.registry.require_approval:
+        wait = f"waiting for approval: retro-ray registry approve {version} --by NAME --reason TEXT"
+        reason = f"{decision.reason}; {wait}"
+        decision = dataclasses.replace(decision, promote=False, outcome=PENDING, reason=reason)
     at = {} if iteration is None else {"iteration": iteration}
     registry.record("gate", **at, **dataclasses.asdict(decision))
     if decision.promote:
         registry.promote(version, PROD_ALIAS, reason=decision.reason)
         logger.info("promoted: %s", decision.reason)
+    elif decision.outcome == PENDING:
+        registry.request_promotion(version, PROD_ALIAS, reason=decision.reason)
+        logger.warning("promotion %s", decision.reason)
     else:
         logger.warning("promotion %s: %s", decision.outcome, decision.reason)
     return decision

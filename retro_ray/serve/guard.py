@@ -2,18 +2,27 @@
 that runs before any route: bearer token and request size.
 
 The token never travels: the launcher passes its sha256, and the guard compares digests in
-constant time. The body is read up to ``max_request_bytes`` before FastAPI parses anything, so
-an oversized request costs at most that much memory and is answered 413.
+constant time. Both sides strip whitespace (a token read from a file ends in a newline). The
+body is read up to ``max_request_bytes`` before FastAPI parses anything, so an oversized request
+costs at most that much memory and is answered 413.
+
+An app bound beyond loopback without a token would let anyone who reaches the port use it, so
+:func:`serve_token_sha256` refuses to start it unless the operator opts in (``--insecure``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+from retro_ray.config.secrets import read_secret
 from retro_ray.serve.openai_api import error_response
+
+logger = logging.getLogger(__name__)
 
 ASGIApp = Any
 
@@ -64,7 +73,44 @@ def make_engine(settings: ReplicaSettings) -> Any:
 
 
 def token_digest(token: str | None) -> str | None:
+    """sha256 of the token without surrounding whitespace; None for no (or a blank) token."""
+    token = (token or "").strip()
     return hashlib.sha256(token.encode()).hexdigest() if token else None
+
+
+class InsecureBind(ValueError):
+    """The Serve app would listen beyond loopback with no bearer token required."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); a wildcard such as
+    0.0.0.0, any other address or host name is reachable from elsewhere."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve_token_sha256(host: str, api_key_env: str, insecure: bool = False) -> str | None:
+    """The digest of the Serve app's bearer token (``$api_key_env``, stripped), checked against
+    the address the app binds: beyond loopback a token is required, else ``InsecureBind``,
+    unless ``insecure`` says the operator wants an open endpoint (then a warning)."""
+    digest = token_digest(read_secret(api_key_env))
+    if digest is None and not is_loopback(host):
+        if not insecure:
+            raise InsecureBind(
+                f"serve.host={host} is reachable from other machines but ${api_key_env} is unset "
+                f"or blank, so anyone could call the app: set {api_key_env} to a bearer token, "
+                "or bind serve.host=127.0.0.1, or pass --insecure to serve it open on purpose"
+            )
+        logger.warning(
+            "serving on %s without a bearer token (--insecure): anyone who reaches the port "
+            "can use it",
+            host,
+        )
+    return digest
 
 
 class _GuardSettings:

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 from retro_ray.config import Config, ServeConfig
 from retro_ray.registry import AdapterRegistry
 from retro_ray.serve.controller import AliasController, RegistryWatcher, Resolution, SwapResult
-from retro_ray.serve.guard import ReplicaSettings, token_digest
+from retro_ray.serve.guard import ReplicaSettings, serve_token_sha256
 
 logger = logging.getLogger(__name__)
 NAMESPACE = "retro_ray"
@@ -87,7 +86,9 @@ def resolve_model_dir(cfg: Config) -> Path:
     return build_zoo(cfg.serve.zoo_recipe).retrospective_dir
 
 
-def replica_settings(cfg: Config, model_dir: Path) -> ReplicaSettings:
+def replica_settings(cfg: Config, model_dir: Path, insecure: bool = False) -> ReplicaSettings:
+    """What every replica is told. Raises ``InsecureBind`` for a non-loopback ``serve.host``
+    without a token, unless ``insecure`` (see ``guard.serve_token_sha256``)."""
     s = cfg.serve
     context = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
     return ReplicaSettings(
@@ -103,7 +104,7 @@ def replica_settings(cfg: Config, model_dir: Path) -> ReplicaSettings:
         max_tokens_limit=s.max_tokens_limit,
         max_request_bytes=s.max_request_bytes,
         max_context=min(context, s.max_model_len or context),
-        token_sha256=token_digest(os.environ.get(s.api_key_env)),
+        token_sha256=serve_token_sha256(s.host, s.api_key_env, insecure),
         cpu_threads=s.cpu_threads,
         kv_cache_gib=s.kv_cache_gib,
         gpu_memory_utilization=s.gpu_memory_utilization,
@@ -123,9 +124,9 @@ class RunningApp:
     registry: AdapterRegistry
 
 
-def start(cfg: Config) -> RunningApp:
+def start(cfg: Config, insecure: bool = False) -> RunningApp:
     """Deploy the application on the connected Ray cluster (``ray.init`` first) and return once
-    every replica is up and warm."""
+    every replica is up and warm. ``insecure`` allows a non-loopback bind without a token."""
     import ray
     from ray import serve
 
@@ -133,7 +134,7 @@ def start(cfg: Config) -> RunningApp:
 
     s = cfg.serve
     model_dir = resolve_model_dir(cfg)
-    settings = replica_settings(cfg, model_dir)
+    settings = replica_settings(cfg, model_dir, insecure)
     registry = AdapterRegistry(
         settings.registry_root,
         model_dir,
