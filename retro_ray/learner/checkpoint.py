@@ -1,8 +1,10 @@
 """Learner checkpoints: the LoRA adapter (safetensors), the optimizer state, and the data cursor.
 
-Checkpoints live in one directory per learner, ``<root>/cursor_<N>/``, written whole and then
-renamed into place by rank 0 (:class:`CheckpointStore`), so a crash mid-write leaves only a hidden
-temporary directory that nobody reads. Why our own store and not Ray Train's checkpoint
+Checkpoints live in one directory per learner, ``<root>/cursor_<N>/``, written whole, fsynced
+(every file and directory) and then renamed into place by rank 0 (:class:`CheckpointStore`), the
+root fsynced after the rename: a crash mid-write leaves only a hidden temporary directory that
+nobody reads, and a checkpoint that is visible (and acknowledged to the queue) survives a power cut
+with its weights, not as empty files. Why our own store and not Ray Train's checkpoint
 bookkeeping: Ray Train registers a reported checkpoint asynchronously, so after a worker crash it
 may restore an *older* one than the batches already acknowledged to the queue (seen here: a
 restart from no checkpoint after the cursor had been acknowledged). Acknowledging only what is
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import uuid
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from pathlib import Path
 import torch
 
 from retro_ray.config import LearnerConfig, to_dict
+from retro_ray.durable import fsync_tree, make_dirs, replace_durably
 from retro_ray.learner.policy import NonFiniteAdapter, ReflectorPolicy
 
 FORMAT = 1
@@ -95,7 +97,8 @@ def save_checkpoint(directory: str | Path, policy: ReflectorPolicy, state: Learn
     torch.save(policy.optimizer.state_dict(), directory / OPTIMIZER_FILE)
     tmp = directory / f".{STATE_FILE}.tmp"
     tmp.write_text(json.dumps({"format": FORMAT, **asdict(state)}, indent=2))
-    os.replace(tmp, directory / STATE_FILE)
+    fsync_tree(directory)  # adapter, optimizer and state data on disk before state.json is named
+    replace_durably(tmp, directory / STATE_FILE)
     return directory
 
 
@@ -171,11 +174,11 @@ class CheckpointStore:
         final = self.path(state.cursor)
         if final.exists():  # a replay after a crash reached a cursor saved before: same weights
             return final
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         tmp = self.root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         try:
-            save_checkpoint(tmp, policy, state)
-            os.replace(tmp, final)
+            save_checkpoint(tmp, policy, state)  # fsyncs the whole directory
+            replace_durably(tmp, final)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         for cursor in self.cursors()[: -self.keep]:
