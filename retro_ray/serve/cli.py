@@ -23,6 +23,12 @@ def add_serve_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> 
     serve = sub.add_parser("serve", help="the Ray Serve application (OpenAI-compatible API)")
     add_config_args(serve)
     serve.add_argument("--num-cpus", type=float, default=None, help="logical CPUs of a new Ray")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow serve.host beyond loopback without a bearer token (anyone who reaches the "
+        "port can use the app); without it such a start is refused",
+    )
     serve.set_defaults(handler=_serve)
 
     reg = sub.add_parser("registry", help="the adapter registry: versions and aliases")
@@ -89,11 +95,14 @@ def _serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
+    from retro_ray.serve.guard import serve_token_sha256
     from retro_ray.serve.launch import start, stop
 
     cfg = load_config(args.config, args.set)
+    if not args.insecure:  # refuse an open non-loopback bind before anything starts
+        serve_token_sha256(cfg.serve.host, cfg.serve.api_key_env)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)
-    app = start(cfg)
+    app = start(cfg, insecure=args.insecure)
     print(
         json.dumps(
             {"url": app.url, "app": app.app_name, "table": ray.get(app.controller.table.remote())}
