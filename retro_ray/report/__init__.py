@@ -2,8 +2,12 @@
 
 ``data`` computes the numbers (pure functions), ``plots`` draws them (matplotlib, Agg), ``html``
 renders the page, ``text`` formats names and numbers, and ``build`` ties them together
-(``build_report``). The page answers: how many actor tokens, and how many dollars at a given price,
-does one point of success gained over ReAct cost for Reflexion and Retroformer.
+(``build_report``). The page answers: how many tokens (actor and reflector), and how many dollars
+at given prices, does one point of success gained over ReAct cost for Reflexion and Retroformer,
+plus the one-off cost of the training run (episodes, wall time, core-hours, tokens). It also shows
+what was learned (the base and the trained reflection side by side on held-out failed trials,
+with what the next trial did) and the run's gate decisions and registry history (promotions,
+rollbacks, approvals).
 """
 
 from __future__ import annotations

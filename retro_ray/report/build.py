@@ -1,12 +1,16 @@
 """``build_report``: read a run directory's logs, compute the numbers, draw, write the page.
 
-Reads (all optional, at least one required)::
+Reads (all optional, at least one of the first three required)::
 
     RUN_DIR/experience/         training experience log (ExperienceLog; run=<name>/iteration=<i>)
-    RUN_DIR/eval/experience/    evaluation log (run=eval-<agent>/iteration=<seed>, mode = agent)
+    RUN_DIR/eval/experience/    evaluation log (iteration=<seed>, mode = the evaluation label)
+    RUN_DIR/metrics.jsonl       one record per training iteration (``cpus``: the CPUs it ran on)
     RUN_DIR/eval/table.json     retro-ray eval's table: only its ``trials`` is used
-    RUN_DIR/metrics.jsonl       one record per training iteration
     RUN_DIR/summary.json        the train summary;  RUN_DIR/config.json  the resolved config
+    RUN_DIR/gates.jsonl         the driver's gate outcomes (one per gate run)
+    RUN_DIR/gate/               the promotion gate's validation episodes (counted)
+    <registry>/events.jsonl     the registry's audit log (root: config.json's ``registry.root``,
+                                else RUN_DIR/registry): promotions, rollbacks, approvals, gates
 
 Writes to ``out_dir`` (default ``RUN_DIR/report``): ``index.html``, ``report.json`` and the PNGs
 that have data (``success_by_trial``, ``cost``: evaluation; ``reflection_reward``,
@@ -22,6 +26,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from retro_ray.report import data, html
 from retro_ray.rollout.experience import ExperienceLog
@@ -29,10 +34,13 @@ from retro_ray.rollout.experience import ExperienceLog
 TRAIN_LOG = Path("experience")
 EVAL_LOG = Path("eval") / "experience"
 METRICS = "metrics.jsonl"
+GATE_DIR = "gate"
+EXAMPLES = 5
+"""Reflections shown side by side (base vs trained), at most."""
 FIGURES = ("success_by_trial", "cost", "reflection_reward", "throughput")
 
-_TRAIN_COLUMNS = ("run", "iteration", "task_id", "reward")
-_TRAIN_COLUMNS += ("started_at", "finished_at")
+_TRAIN_COLUMNS = ("run", "iteration", "task_id", "reward", "started_at", "finished_at")
+_TRAIN_COLUMNS += data.TOKEN_COLUMNS  # the training run's cost
 
 
 def read_log(root: Path, columns: tuple[str, ...]) -> pa.Table | None:
@@ -44,20 +52,77 @@ def read_log(root: Path, columns: tuple[str, ...]) -> pa.Table | None:
     return ExperienceLog(root).read(columns=columns)
 
 
-def read_metrics(path: Path, notes: list[str]) -> list[dict[str, Any]]:
-    """The records of ``metrics.jsonl``; an unreadable line (a run killed mid-write) is skipped
-    with a note."""
+def read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (``metrics.jsonl``, ``events.jsonl``); a line that is not
+    a JSON object (a torn last line of a run killed mid-write) is skipped with a note."""
     if not path.is_file():
         return []
     out = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
-            notes.append(f"{path}: line {number} is not JSON; skipped")
+            record = None
+        if isinstance(record, dict):
+            out.append(record)
+        else:
+            notes.append(f"{path}: line {number} is not a JSON object; skipped")
     return out
+
+
+def registry_root(run_dir: Path, config: dict | None) -> Path:
+    """The run's adapter registry: config.json's ``registry.root`` (a relative root is tried
+    from the working directory, where ``retro-ray train`` resolved it, then from the run
+    directory), else ``RUN_DIR/registry``."""
+    section = (config or {}).get("registry")
+    root = section.get("root") if isinstance(section, dict) else None
+    if not root:
+        return run_dir / "registry"
+    path = Path(root)
+    if path.is_absolute() or path.is_dir():
+        return path
+    return run_dir / path if (run_dir / path).is_dir() else path
+
+
+def read_registry_history(
+    root: Path, events: list[dict[str, Any]], notes: list[str]
+) -> list[dict[str, Any]]:
+    """The registry's history (promotions, rollbacks, pending promotions, approvals), read by the
+    registry itself; if a malformed event stops that reader, the same kinds of event are picked
+    from ``events`` (``events.jsonl`` read line by line) with a note."""
+    from retro_ray.registry import HISTORY_EVENTS, registry_history
+
+    try:
+        return [dict(e) for e in registry_history(root)]
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        notes.append(f"registry {root}: {exc!r} in events.jsonl; its events read line by line")
+    return [e for e in events if e.get("event") in HISTORY_EVENTS]
+
+
+def count_gate_episodes(gate_dir: Path) -> int:
+    """Validation episodes the promotion gate played: one Parquet part per episode (experience
+    log) or one line per task (``results.jsonl``), wherever below ``gate_dir`` they are."""
+    if not gate_dir.is_dir():
+        return 0
+    parts = sum(1 for _ in gate_dir.rglob("part-*.parquet"))
+    lines = sum(
+        sum(1 for line in path.read_text(errors="replace").splitlines() if line.strip())
+        for path in gate_dir.rglob("results.jsonl")
+    )
+    return parts + lines
+
+
+def read_examples(eval_root: Path, labels: tuple[str, str]) -> pa.Table:
+    """Trials 0 and 1 of the two agents whose reflections the page compares, with their
+    reflections and trajectories (only these rows: trajectories are most of a log's bytes)."""
+    wanted = ds.field("mode").isin(list(labels)) & (ds.field("trial") <= 1)
+    return (
+        ExperienceLog(eval_root)
+        .dataset()
+        .to_table(filter=wanted, columns=list(data.EXAMPLE_COLUMNS))
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -100,18 +165,30 @@ def evaluation_numbers(
     table: pa.Table, prices: data.Prices, trials: int | None = None
 ) -> dict[str, Any]:
     """Success by trial, tokens per task and the cost per point of an evaluation log, over
-    ``trials`` trials (at least the longest task of the log)."""
+    ``trials`` trials (at least the longest task of the log). ``best`` names each agent's
+    better decoding (the label the headline uses)."""
     episodes = data.eval_episodes(table)
     trials = max(trials or 0, data.max_trials(episodes))
     success = data.success_by_trial(episodes, trials)
     tokens = data.tokens_per_task(episodes)
     return {
         "trials": trials,
-        "baseline": data.BASELINE,
+        "baseline": data.baseline_label(success) or data.BASELINE,
         "agents": success,
+        "best": data.best_labels(success),
         "tokens_per_task": tokens,
         "cost": data.cost_comparison(success, tokens, prices),
     }
+
+
+def reflection_examples(eval_root: Path, evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The base and the trained reflector side by side (their better decodings), or None when
+    the evaluation has no Reflexion or no Retroformer."""
+    best = evaluation["best"]
+    if data.BASE_REFLECTOR not in best or data.TRAINED_REFLECTOR not in best:
+        return None
+    labels = (best[data.BASE_REFLECTOR], best[data.TRAINED_REFLECTOR])
+    return data.reflection_examples(read_examples(eval_root, labels), *labels, limit=EXAMPLES)
 
 
 def build_report(
@@ -130,7 +207,7 @@ def build_report(
     )
 
     notes: list[str] = []
-    metrics = read_metrics(metrics_path, notes)
+    metrics = read_jsonl(metrics_path, notes)
     summary = _read_json(run_dir / "summary.json")
     config = _read_json(run_dir / "config.json")
     name = run_name(run_dir, summary, config, train)
@@ -148,6 +225,13 @@ def build_report(
         trials = eval_table.get("trials") if isinstance(eval_table.get("trials"), int) else None
         evaluation = evaluation_numbers(evaluation_log, prices, trials)
     rows: data.Rows = train if train is not None else []
+    examples = reflection_examples(eval_root, evaluation) if evaluation is not None else None
+    training_cost = data.training_cost(
+        rows, metrics, summary, prices, count_gate_episodes(run_dir / GATE_DIR)
+    )
+    registry = registry_section(
+        registry_root(run_dir, config), name, metrics, run_dir / data.GATE_LOG, notes
+    )
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -155,25 +239,26 @@ def build_report(
         "run_dir": str(run_dir.resolve()),
         "out_dir": str(out.resolve()),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "prices": {
-            "prompt_per_mtok": prices.prompt_per_mtok,
-            "completion_per_mtok": prices.completion_per_mtok,
-        },
+        "prices": prices.as_dict(),
         "sources": {
             "training log": str(train_root) if train is not None else None,
             "evaluation log": str(eval_root) if evaluation_log is not None else None,
             "metrics": str(metrics_path) if metrics else None,
             "summary": str(run_dir / "summary.json") if summary else None,
             "config": str(run_dir / "config.json") if config else None,
+            "registry events": registry["events_path"] if registry["found"] else None,
         },
         "evaluation": evaluation,
-        "answer": html.cost_sentence(evaluation, str(run_dir)),
+        "answer": html.cost_sentence(evaluation, str(run_dir), training_cost),
+        "examples": examples,
         "training": {
             "reward_by_iteration": data.reward_by_iteration(rows),
             "throughput": data.throughput(rows),
             "iteration_seconds": data.iteration_seconds(metrics),
             "summary": summary,
+            "cost": training_cost,
         },
+        "registry": registry,
         "notes": notes,
     }
     report["figures"] = draw(report, out)
@@ -181,6 +266,25 @@ def build_report(
     (out / "index.html").write_text(html.render(report))
     (out / "report.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
     return report
+
+
+def registry_section(
+    root: Path, run: str, metrics: list[dict[str, Any]], gate_log: Path, notes: list[str]
+) -> dict[str, Any]:
+    """The gate's decisions (the driver's ``gate_log``, registry ``gate`` events and
+    ``metrics.jsonl``) and the registry's history (promotions, rollbacks, pending promotions,
+    approvals) of this run."""
+    events = read_jsonl(root / "events.jsonl", notes)
+    timeline = data.registry_timeline(read_registry_history(root, events, notes), events, run)
+    if timeline["other_runs"]:
+        notes.append(f"registry {root}: {timeline['other_runs']} events of other runs left out")
+    return {
+        "root": str(root),
+        "events_path": str(root / "events.jsonl"),
+        "found": bool(events),
+        "gate": data.gate_decisions(metrics, events, run, read_jsonl(gate_log, notes)),
+        **timeline,
+    }
 
 
 def draw(report: dict[str, Any], out: Path) -> dict[str, str]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from retro_ray.report.data import COMPARED
+from retro_ray.report.data import COMPARED, base_agent
 from retro_ray.report.text import label, price, tokens, usd
 
 EVAL_HINT = "retro-ray eval --run RUN_DIR"
 PRICE_FLAGS = "--price-prompt/--price-completion"
+REFLECTOR_PRICE_FLAGS = "--price-reflector-prompt/--price-reflector-completion"
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; padding: 0 1em;
@@ -28,6 +29,10 @@ th { background: #f4f4f4; }
 .note { color: #555; font-size: 0.9em; }
 img { max-width: 100%; border: 1px solid #eee; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+table.pair td, table.history td { text-align: left; vertical-align: top; }
+table.pair td { width: 45%; } table.pair td:first-child { width: 10%; }
+pre { white-space: pre-wrap; word-break: break-word; margin: 0.2em 0; font-size: 0.88em; }
+.won { color: #1a7f37; font-weight: bold; } .lost { color: #b42318; font-weight: bold; }
 """
 
 
@@ -39,9 +44,19 @@ def eval_hint(run_dir: str) -> str:
     return EVAL_HINT.replace("RUN_DIR", run_dir)
 
 
-def cost_sentence(evaluation: dict[str, Any] | None, run_dir: str = "RUN_DIR") -> str:
-    """The manager's answer in one sentence (plain text); ``run_dir`` goes into the command to
+def cost_sentence(
+    evaluation: dict[str, Any] | None,
+    run_dir: str = "RUN_DIR",
+    training: dict[str, Any] | None = None,
+) -> str:
+    """The manager's answer in plain text: per point of success over ReAct, the extra actor and
+    reflector tokens and dollars of each agent (at its better decoding), then the one-off
+    training cost (``training``: ``data.training_cost``). ``run_dir`` goes into the command to
     run when the evaluation is missing."""
+    return f"{_per_point_answer(evaluation, run_dir)} {training_clause(training)}"
+
+
+def _per_point_answer(evaluation: dict[str, Any] | None, run_dir: str) -> str:
     if evaluation is None:
         return (
             "No evaluation was run, so there is no success or cost comparison yet: "
@@ -49,14 +64,21 @@ def cost_sentence(evaluation: dict[str, Any] | None, run_dir: str = "RUN_DIR") -
         )
     baseline, trials = label(evaluation["baseline"]), evaluation["trials"]
     if not evaluation["cost"]:
-        present = evaluation["agents"]
-        missing = [label(a) for a in (evaluation["baseline"], *COMPARED) if a not in present]
+        present = {base_agent(a) for a in evaluation["agents"]}
+        wanted = (base_agent(evaluation["baseline"]), *COMPARED)
+        missing = [label(a) for a in wanted if a not in present]
         return (
             f"The evaluation log has no {' and no '.join(missing)}, so there is no cost per "
             f"point against {baseline}: run `{eval_hint(run_dir)}` for the missing agents."
         )
-    clauses = [_clause(label(agent), baseline, c) for agent, c in evaluation["cost"].items()]
-    return f"At trial {trials}, against {baseline}: " + "; ".join(clauses) + "."
+    best = evaluation.get("best") or {}
+    shown = [a for a in evaluation["cost"] if best.get(base_agent(a), a) == a]
+    clauses = [_clause(label(agent), baseline, evaluation["cost"][agent]) for agent in shown]
+    return (
+        f"At trial {trials}, against {baseline}, counting actor and reflector tokens: "
+        + "; ".join(clauses)
+        + "."
+    )
 
 
 def _clause(name: str, baseline: str, c: dict[str, Any]) -> str:
@@ -66,12 +88,16 @@ def _clause(name: str, baseline: str, c: dict[str, Any]) -> str:
             "so there is no cost per point"
         )
     gain = f"{name} gains {c['gain_points']:.1f} points"
-    extra = c["extra_actor_tokens_per_task"]
+    extra = c["extra_tokens_per_task"]
+    parts = (
+        f"{c['extra_actor_tokens_per_task']:+,.0f} actor, "
+        f"{c['extra_reflection_tokens_per_task']:+,.0f} reflector"
+    )
     if extra <= 0:
-        return f"{gain} while using {-extra:,.0f} fewer actor tokens per task (no extra cost)"
+        return f"{gain} while using {-extra:,.0f} fewer tokens per task ({parts}; no extra cost)"
     text = (
-        f"{gain} for {extra:,.0f} extra actor tokens per task, i.e. "
-        f"{tokens(c['tokens_per_point'])} actor tokens per point"
+        f"{gain} for {extra:,.0f} extra tokens per task ({parts}), i.e. "
+        f"{tokens(c['tokens_per_point'])} tokens per point"
     )
     if c["extra_cost_per_task_usd"] <= 0:
         saved = usd(-1000 * c["extra_cost_per_task_usd"])
@@ -79,11 +105,36 @@ def _clause(name: str, baseline: str, c: dict[str, Any]) -> str:
     return f"{text}, or {usd(c['cost_per_point_per_1k_tasks_usd'])} per point per 1,000 tasks"
 
 
+def training_clause(t: dict[str, Any] | None) -> str:
+    """The one-off cost of the training run, in one sentence."""
+    if t is None:
+        return (
+            "This run directory holds no training record (log, metrics.jsonl or summary.json), "
+            "so the one-off training cost is not counted."
+        )
+    wall = t["wall_time_s"]
+    when = f"{wall / 60:.1f} min of wall time" if wall is not None else "an unrecorded wall time"
+    if t["cpus"] is not None and t["core_hours"] is not None:
+        where = f" on {t['cpus']:g} CPUs ({t['core_hours']:.3g} core-hours)"
+    else:
+        where = " (core-hours unknown: the run did not record its CPU count in metrics.jsonl)"
+    gate = (
+        f", plus {t['gate_episodes']:,} validation episodes played by the promotion gate"
+        if t["gate_episodes"]
+        else ""
+    )
+    return (
+        f"Training the adapter cost once: {t['episodes']:,} episodes ({t['trials']:,} trials)"
+        f"{gate}, {when}{where}, and {t['actor_tokens'] + t['reflection_tokens']:,} actor and "
+        f"reflector tokens ({usd(t['token_cost_usd'])})."
+    )
+
+
 def _per_point_cells(c: dict[str, Any]) -> tuple[str, str]:
     """The table's tokens-per-point and cost-per-point cells (words where a ratio misleads)."""
     if c["no_gain"]:
         return "no gain", "no gain"
-    if c["extra_actor_tokens_per_task"] <= 0:
+    if c["extra_tokens_per_task"] <= 0:
         per_point = "none (fewer tokens)"
     else:
         per_point = tokens(c["tokens_per_point"])
@@ -126,14 +177,15 @@ def _cost_table(evaluation: dict[str, Any]) -> str:
         rows.append(
             f"<tr><td>{escape(label(agent))}</td><td>{_pct(c['success'])}</td>"
             f"<td>{c['gain_points']:+.1f}</td><td>{c['actor_tokens_per_task']:,.0f}</td>"
-            f"<td>{c['extra_actor_tokens_per_task']:+,.0f}</td><td>{per_point}</td>"
-            f"<td>{per_cost}</td><td>{c['reflection_tokens_per_task']:,.0f}</td></tr>"
+            f"<td>{c['reflection_tokens_per_task']:,.0f}</td>"
+            f"<td>{c['extra_tokens_per_task']:+,.0f}</td><td>{per_point}</td>"
+            f"<td>{per_cost}</td></tr>"
         )
     return (
         f"<table><tr><th>agent vs {escape(base)}</th><th>success at trial {trials} (%)</th>"
-        "<th>gain (points)</th><th>actor tokens / task</th><th>extra actor tokens / task</th>"
-        "<th>actor tokens per point gained</th><th>cost per point gained, per 1,000 tasks</th>"
-        "<th>reflection tokens / task (not priced)</th></tr>" + "".join(rows) + "</table>"
+        "<th>gain (points)</th><th>actor tokens / task</th><th>reflector tokens / task</th>"
+        "<th>extra tokens / task (actor + reflector)</th><th>tokens per point gained</th>"
+        "<th>cost per point gained, per 1,000 tasks</th></tr>" + "".join(rows) + "</table>"
     )
 
 
@@ -173,16 +225,7 @@ def _evaluation_section(report: dict[str, Any]) -> str:
         return "\n".join(parts)
     if evaluation["cost"]:
         parts.append(_cost_table(evaluation))
-    parts.append(
-        f"<p class='note'>Assumed price, set with <code>{PRICE_FLAGS}</code>: "
-        f"{price(prices['prompt_per_mtok'])} per million prompt tokens and "
-        f"{price(prices['completion_per_mtok'])} per million completion tokens "
-        "(actor tokens only). "
-        "Gain = difference in cumulative success at the last trial, seed means, in points "
-        "(1 point = 1 % of tasks). Actor tokens per point = extra actor tokens per task / gain; "
-        "100 times it buys one additional solved task. Cost per point per 1,000 tasks = "
-        "1,000 × extra actor cost per task / gain.</p>"
-    )
+    parts.append(_price_note(prices))
     parts.append("<h3>Cumulative success by trial (% of tasks, ± std over seeds)</h3>")
     parts.append(_success_table(evaluation))
     if any(len(s["seeds"]) < 2 for s in evaluation["agents"].values()):
@@ -195,6 +238,110 @@ def _evaluation_section(report: dict[str, Any]) -> str:
     parts.append(_tokens_table(evaluation["tokens_per_task"]))
     parts.append(_figure(report, "cost", "actor tokens per task and per point gained"))
     return "\n".join(parts)
+
+
+def _price_note(prices: dict[str, Any]) -> str:
+    defaulted = (
+        " (by default the actor's prices: a self-hosted reflector's tokens cost what serving "
+        "them costs; set them when that differs)"
+        if prices["reflector_prices_default_to_actor"]
+        else ""
+    )
+    return (
+        f"<p class='note'>Assumed prices, USD per million tokens. Actor, set with "
+        f"<code>{PRICE_FLAGS}</code>: {price(prices['prompt_per_mtok'])} per million prompt "
+        f"tokens and {price(prices['completion_per_mtok'])} per million completion tokens. "
+        f"Reflector, set with <code>{REFLECTOR_PRICE_FLAGS}</code>: "
+        f"{price(prices['reflector_prompt_per_mtok'])} per million prompt tokens and "
+        f"{price(prices['reflector_completion_per_mtok'])} per million completion tokens"
+        f"{defaulted}. "
+        "Gain = difference in cumulative success at the last trial, seed means, in points "
+        "(1 point = 1 % of tasks). Tokens per point = extra actor and reflector tokens per task "
+        "/ gain; 100 times it buys one additional solved task. Cost per point per 1,000 tasks = "
+        "1,000 × extra actor and reflector cost per task / gain. The training run's one-off "
+        "cost is in the answer above and under Training.</p>"
+    )
+
+
+def _outcome(won: bool, value: float) -> str:
+    word = "<span class='won'>won</span>" if won else "<span class='lost'>lost</span>"
+    return f"{word}, return {value:.2f}"
+
+
+def _example_table(example: dict[str, Any], examples: dict[str, Any]) -> str:
+    sides = (example["base"], example["trained"])
+    roles = ("base reflector", "trained adapter")
+
+    def head(side: dict[str, Any], role: str) -> str:
+        adapter = (
+            f" <code>{escape(side['adapter_version'])}</code>" if side["adapter_version"] else ""
+        )
+        return f"<th>{escape(label(side['agent']))}: {role}{adapter}</th>"
+
+    def cells(render: Any) -> str:
+        return "".join(f"<td>{render(side)}</td>" for side in sides)
+
+    differs = " · outcomes differ" if example["differs"] else ""
+    return "\n".join(
+        [
+            f"<h3>Task <code>{escape(example['task_id'])}</code> · seed "
+            f"{escape(str(example['seed']))}{differs}</h3>",
+            "<table class='pair'><tr><th></th>"
+            + "".join(head(side, role) for side, role in zip(sides, roles, strict=True))
+            + "</tr>",
+            "<tr><td>trial 1</td>"
+            + cells(
+                lambda s: (
+                    f"{_outcome(False, s['failed_return'])}<pre>{escape(s['failed_excerpt'])}</pre>"
+                )
+            )
+            + "</tr>",
+            "<tr><td>reflection</td>"
+            + cells(lambda s: f"<pre>{escape(s['reflection']) or '(empty)'}</pre>")
+            + "</tr>",
+            "<tr><td>trial 2</td>"
+            + cells(lambda s: f"{_outcome(s['won'], s['return'])}<pre>{escape(s['excerpt'])}</pre>")
+            + "</tr></table>",
+        ]
+    )
+
+
+def _examples_section(report: dict[str, Any]) -> str:
+    examples = report.get("examples")
+    if report["evaluation"] is None:
+        return ""
+    parts = ["<h2>What was learned: the base and the trained reflection side by side</h2>"]
+    if examples is None:
+        parts.append(
+            "<p class='note'>The evaluation has no Reflexion or no Retroformer, so there is no "
+            f"reflection to compare: run <code>{escape(eval_hint(report['run_dir']))}</code> "
+            "with both.</p>"
+        )
+        return "\n".join(parts)
+    base, trained = label(examples["base_agent"]), label(examples["trained_agent"])
+    parts.append(
+        f"<p class='note'>Held-out tasks whose first trial both {escape(base)} and "
+        f"{escape(trained)} lost: the reflection each reflector wrote about it, and what the "
+        "actor then did in trial 2 (its actions and the outcome). "
+        f"{examples['eligible']} such task draws, {examples['differing']} with different "
+        f"outcomes in trial 2; shown: {len(examples['examples'])}, those with different "
+        "outcomes first, then by task id.</p>"
+    )
+    parts.extend(_example_table(e, examples) for e in examples["examples"])
+    return "\n".join(parts)
+
+
+def _training_cost_facts(t: dict[str, Any] | None) -> list[str]:
+    if t is None:
+        return []
+    facts = [training_clause(t)]
+    if t["wall_time_source"]:
+        facts.append(f"wall time from {t['wall_time_source']}")
+    facts.append(
+        f"training tokens: actor {t['actor_tokens']:,} ({usd(t['actor_cost_usd'])}), reflector "
+        f"{t['reflection_tokens']:,} ({usd(t['reflector_cost_usd'])}) at the assumed prices"
+    )
+    return facts
 
 
 def _training_section(report: dict[str, Any]) -> str:
@@ -223,12 +370,91 @@ def _training_section(report: dict[str, Any]) -> str:
             f"{tp['span_s'] / 60:.1f} min: {tp['mean_episodes_per_min']:.1f} episodes/min, "
             f"{tp['mean_trials_per_min']:,.1f} trials/min"
         )
+    facts.extend(_training_cost_facts(training.get("cost")))
     if facts:
         parts.append("<ul>" + "".join(f"<li>{escape(f)}</li>" for f in facts) + "</ul>")
     else:
         parts.append("<p class='note'>No training log in this run directory.</p>")
     parts.append(_figure(report, "reflection_reward", "reflection reward per iteration"))
     parts.append(_figure(report, "throughput", "training throughput"))
+    return "\n".join(parts)
+
+
+def _value(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
+def _decision(gate: dict[str, Any]) -> str:
+    words = {"promote": "promote", "reject": "keep current", "pending": "wait for approval"}
+    outcome = gate["outcome"]
+    return words.get(outcome, str(outcome).replace("_", " ")) if outcome else "?"
+
+
+def _gate_table(gates: list[dict[str, Any]]) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(_value(g['time']))}</td><td>{escape(_value(g['iteration']))}</td>"
+        f"<td>{escape(_value(g['candidate']))}</td><td>{escape(_value(g['candidate_return']))}</td>"
+        f"<td>{escape(_value(g['current']))}</td><td>{escape(_value(g['current_return']))}</td>"
+        f"<td>{escape(_value(g['margin']))}</td><td>{escape(_decision(g))}</td>"
+        f"<td>{escape(str(g['reason']))}</td></tr>"
+        for g in gates
+    )
+    return (
+        "<table class='history'><tr><th>time (UTC)</th><th>iteration</th><th>candidate</th>"
+        "<th>its return</th><th>current prod</th><th>its return</th><th>margin</th>"
+        "<th>decision</th><th>reason</th></tr>" + rows + "</table>"
+    )
+
+
+def _history_table(events: list[dict[str, Any]]) -> str:
+    def other(e: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={_value(v)}" for k, v in e["other"].items())
+
+    rows = "".join(
+        f"<tr><td>{escape(_value(e['time']))}</td><td>{escape(e['event'])}</td>"
+        f"<td>{escape(_value(e['alias']))}</td><td>{escape(_value(e['version']))}</td>"
+        f"<td>{escape(_value(e['previous']))}</td><td>{escape(_value(e['by']))}</td>"
+        f"<td>{escape(str(e['reason']))}</td><td>{escape(other(e))}</td></tr>"
+        for e in events
+    )
+    return (
+        "<table class='history'><tr><th>time (UTC)</th><th>event</th><th>alias</th>"
+        "<th>version</th><th>previous</th><th>by</th><th>reason</th><th>details</th></tr>"
+        + rows
+        + "</table>"
+    )
+
+
+def _registry_section(report: dict[str, Any]) -> str:
+    registry = report.get("registry")
+    if registry is None:
+        return ""
+    parts = ["<h2>Promotion gate and registry history</h2>"]
+    published = registry["published_versions"]
+    where = f"Registry <code>{escape(registry['root'])}</code>"
+    if not registry["found"] and not registry["gate"]:
+        parts.append(
+            f"<p class='note'>{where}: no events found (no <code>events.jsonl</code>), so no "
+            "gate decision, promotion, rollback or approval to show.</p>"
+        )
+        return "\n".join(parts)
+    span = f" (v{published[0]} to v{published[-1]})" if published else ""
+    parts.append(f"<p class='note'>{where}: {len(published)} versions published{span}.</p>")
+    parts.append("<h3>Gate decisions</h3>")
+    if registry["gate"]:
+        parts.append(_gate_table(registry["gate"]))
+    else:
+        parts.append("<p class='note'>The gate made no decision in this run.</p>")
+    events = [e for e in registry["events"] if e["event"] != "gate"]
+    parts.append("<h3>Promotions, rollbacks and approvals</h3>")
+    if events:
+        parts.append(_history_table(events))
+    else:
+        parts.append("<p class='note'>No alias was moved and nothing was approved.</p>")
     return "\n".join(parts)
 
 
@@ -248,7 +474,9 @@ def render(report: dict[str, Any]) -> str:
             f"<p class='note'>{escape(report['run_dir'])} · generated "
             f"{escape(report['generated_at'])}</p>",
             _evaluation_section(report),
+            _examples_section(report),
             _training_section(report),
+            _registry_section(report),
             "<h2>Sources</h2>",
             f"<ul class='note'>{sources}{notes}</ul>",
             "</body></html>",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from retro_ray.report.data import base_agent, decoding
 from retro_ray.report.text import label, tokens
 
 DPI = 110
@@ -23,8 +24,17 @@ AGENT_STYLE = {
 }
 
 
+DECODING_LINE = {"greedy": "-", "sampled": "--"}
+
+
 def _style(agent: str, index: int) -> tuple[str, str, str]:
-    return AGENT_STYLE.get(agent, (f"C{(index + 5) % 10}", "-.", "x"))
+    """An agent's colour and marker; its decodings (``reflexion-greedy``, ``-sampled``) share
+    them and differ in line style."""
+    color, line, marker = AGENT_STYLE.get(base_agent(agent), (f"C{(index + 5) % 10}", "-.", "x"))
+    variant = decoding(agent)
+    if variant:
+        line = DECODING_LINE.get(variant, ":")
+    return color, line, marker
 
 
 def _figure(width: float, height: float, rows: int = 1, cols: int = 1, **kwargs: Any):
@@ -166,33 +176,31 @@ def cost(
     baseline: str,
     path: Path,
 ) -> Path:
-    """Left: mean actor tokens per task by agent (prompt and completion stacked).
-    Right: extra actor tokens per point of success gained over the baseline ("no gain" where the
-    agent does not beat it)."""
+    """Left: mean tokens per task by agent (actor prompt, actor completion and reflector tokens
+    stacked). Right: extra actor and reflector tokens per point of success gained over the
+    baseline ("no gain" where the agent does not beat it)."""
     fig, axes = _figure(9.0, 4.0, cols=2 if comparison else 1)
     ax = axes[0, 0]
     agents = list(per_task)
     names = [label(a) for a in agents]
     prompt = [per_task[a]["actor_prompt"] for a in agents]
     completion = [per_task[a]["actor_completion"] for a in agents]
-    ax.bar(names, prompt, color="#1f77b4", label="prompt")
-    ax.bar(names, completion, bottom=prompt, color="#ff7f0e", label="completion")
-    for i, a in enumerate(agents):
-        ax.annotate(
-            f"{per_task[a]['actor']:,.0f}",
-            (i, per_task[a]["actor"]),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    ax.set_ylabel("actor tokens per task (all trials)")
-    ax.set_title("Actor tokens per task", fontsize=10)
+    actor = [per_task[a]["actor"] for a in agents]
+    reflector = [per_task[a]["reflection"] for a in agents]
+    total = [x + y for x, y in zip(actor, reflector, strict=True)]
+    ax.bar(names, prompt, color="#1f77b4", label="actor prompt")
+    ax.bar(names, completion, bottom=prompt, color="#ff7f0e", label="actor completion")
+    ax.bar(names, reflector, bottom=actor, color="#2ca02c", label="reflector")
+    for i, value in enumerate(total):
+        ax.annotate(f"{value:,.0f}", (i, value), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("tokens per task (all trials)")
+    ax.set_title("Actor and reflector tokens per task", fontsize=10)
     ax.tick_params(axis="x", labelsize=8)
     for tick in ax.get_xticklabels():
         tick.set(rotation=20, horizontalalignment="right", rotation_mode="anchor")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_ylim(0, 1.3 * max([per_task[a]["actor"] for a in agents] + [1.0]))
-    ax.legend(fontsize=8, loc="upper left", ncols=2)
+    ax.set_ylim(0, 1.3 * max([*total, 1.0]))
+    ax.legend(fontsize=8, loc="upper left", ncols=3)
     if comparison:
         ax = axes[0, 1]
         agents = list(comparison)
@@ -210,9 +218,9 @@ def cost(
                 text = f"{tokens(v)} tokens/pt\n({c['gain_points']:+.1f} pts)"
             ax.annotate(text, (i, max(heights[i], 0.0)), ha="center", va="bottom", fontsize=8)
         ax.axhline(0, color="black", linewidth=0.8)
-        ax.set_ylabel("extra actor tokens per task, per point")
+        ax.set_ylabel("extra actor + reflector tokens per task, per point")
         ax.set_title(
-            f"Actor tokens per point of success gained vs {label(baseline)}\n"
+            f"Tokens per point of success gained vs {label(baseline)}\n"
             "(last trial; 1 point = 1 % of tasks)",
             fontsize=10,
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from retro_ray.report.data import base_agent, decoding
+
 AGENT_LABEL = {
     "react": "ReAct",
     "reflexion": "Reflexion",
@@ -14,7 +16,12 @@ AGENT_LABEL = {
 
 
 def label(agent: str) -> str:
-    return AGENT_LABEL.get(agent, agent)
+    """An evaluation label for people: ``reflexion`` -> ``Reflexion``, ``reflexion-greedy`` ->
+    ``Reflexion (greedy)``; an unknown agent as it is."""
+    base = base_agent(agent)
+    if base not in AGENT_LABEL:
+        return agent
+    return f"{AGENT_LABEL[base]} ({decoding(agent)})" if decoding(agent) else AGENT_LABEL[base]
 
 
 def usd(x: float) -> str:
