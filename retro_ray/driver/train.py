@@ -68,6 +68,16 @@ def connect_ray(num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus or 8, include_dashboard=True)
 
 
+def cluster_cpus() -> int:
+    """The CPUs the run holds (``retro-ray report`` prices core-hours with it): a joined
+    cluster's, else this machine's (a local cluster declares more logical CPUs than it has)."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS"):
+        return int(ray.cluster_resources().get("CPU", 0))
+    return os.cpu_count() or 0
+
+
 def resolve_models(cfg: Config) -> Config:
     """Fill in the zoo's models where the config names none (built on first use)."""
     if cfg.actor.model_dir is not None and cfg.serve.model_dir is not None:
@@ -309,6 +319,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
                     "collect_s": time.monotonic() - t0,
                     "collect_versions": adapter_versions(rows, registry_cfg.name),
                     "success_rate": report.success_rate,
+                    "cpus": cluster_cpus(),  # retro-ray report: core-hours of training
                 }
                 if in_flight is not None:  # overlap: the batch trained during this collection
                     write(flow.settle(in_flight))
