@@ -1,7 +1,9 @@
 """The ``retro-ray`` command line.
 
 Configuration errors, unknown environments and unreachable endpoints end with one clear line
-on stderr and a non-zero exit code, never a traceback; nothing finished is lost.
+on stderr and a non-zero exit code, never a traceback; nothing finished is lost. The long-running
+commands (``serve``, ``train``, ``eval``, ``demo``) stop on SIGTERM as on Ctrl-C: they drain, shut
+down the Ray they started and exit 143 (``retro_ray.stopping``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,29 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help()
         return EXIT_CONFIG
+    if getattr(args, "long_running", False):
+        return _run_until_stopped(args)
+    return _run(args)
+
+
+def _run_until_stopped(args: argparse.Namespace) -> int:
+    """A long-running command: SIGTERM raises ``Terminated`` (a ``KeyboardInterrupt``) so the
+    command drains as on Ctrl-C; whatever ends it, the Ray it started is shut down."""
+    from retro_ray import stopping
+
+    joined_ray = stopping.ray_connected()  # a job's driver connected before: not ours to stop
+    with stopping.sigterm_as_interrupt():
+        try:
+            code = _run(args)
+        except stopping.Terminated:
+            code = stopping.EXIT_SIGTERM
+        finally:
+            if not joined_ray and stopping.ray_connected():
+                stopping.shutdown_ray()
+        return stopping.EXIT_SIGTERM if stopping.sigterm_received() else code
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return args.handler(args) or 0
     except (ConfigError, ValueError) as exc:
@@ -94,12 +119,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--executor", choices=["local", "ray"], default="local")
     ev.add_argument("--out", default=None, help="output directory (default: <run dir>/eval)")
     ev.add_argument("--json", default=None, metavar="PATH", help="write the table ('-': stdout)")
-    ev.set_defaults(handler=_eval)
+    ev.set_defaults(handler=_eval, long_running=True)
 
     tr = sub.add_parser("train", help="the Retroformer training loop (collect, learn, publish)")
     _add_config_args(tr)
     tr.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
-    tr.set_defaults(handler=_train)
+    tr.set_defaults(handler=_train, long_running=True)
 
     _add_report_parser(sub)
 
@@ -108,17 +133,20 @@ def _parser() -> argparse.ArgumentParser:
     cfg.set_defaults(handler=_config_show)
 
     _add_zoo_parsers(sub)
+    _add_data_parsers(sub)
 
+    from retro_ray.registry_cli import add_registry_parsers
     from retro_ray.serve.cli import add_serve_parsers
 
     add_serve_parsers(sub, _add_config_args)
+    add_registry_parsers(sub, _add_config_args)
 
     demo = sub.add_parser("demo", help="the embedded default end to end")
     demo.add_argument("--tasks", type=int, default=100, help="held-out test tasks per seed")
     demo.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
     demo.add_argument("--output-dir", default="runs/demo")
     _add_config_args_set_only(demo)
-    demo.set_defaults(handler=_demo)
+    demo.set_defaults(handler=_demo, long_running=True)
     return parser
 
 
@@ -160,6 +188,50 @@ def _report(args: argparse.Namespace) -> int:
     )
     report = build_report(args.run_dir, args.out, prices)
     print(json.dumps(report) if args.json else report["index_html"])
+    return 0
+
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
+    from retro_ray.data_fetch import DATASETS
+
+    data = sub.add_parser("data", help="benchmark data sets (HotPotQA, ALFWorld)")
+    actions = data.add_subparsers(metavar="ACTION")
+    fetch = actions.add_parser(
+        "fetch",
+        help="download a data set from its official source into the cache the loaders read",
+    )
+    fetch.add_argument("dataset", choices=DATASETS)
+    fetch.add_argument(
+        "--dest",
+        default=None,
+        metavar="DIR",
+        help="default, where the loaders look: $RETRO_RAY_CACHE/data/hotpotqa (else "
+        "~/.cache/retro_ray/data/hotpotqa); $ALFWORLD_DATA (else ~/.cache/alfworld)",
+    )
+    fetch.add_argument(
+        "--source",
+        default=None,
+        metavar="URL_OR_PATH",
+        help="instead of the official URL: another URL (http, https, file://) or a local path",
+    )
+    fetch.add_argument("--json", action="store_true", help="print one JSON object")
+    fetch.set_defaults(handler=_data_fetch)
+
+
+def _data_fetch(args: argparse.Namespace) -> int:
+    from retro_ray.data_fetch import default_dest, fetch
+
+    result = fetch(args.dataset, dest=args.dest, source=args.source)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.path)
+    if args.dest is not None and Path(args.dest).expanduser() != default_dest(args.dataset):
+        print(
+            f"note: {args.dest} is not where the loaders look by default; pass "
+            f"--data {result.path} (env.data_path)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -10,7 +10,7 @@ import pytest
 from retro_ray.agents.build import build_trial_loop, config_for_agent
 from retro_ray.agents.results import summarize
 from retro_ray.config import load_config
-from retro_ray.evaluate import task_list
+from retro_ray.evaluation.play import task_list
 
 AGENTS = ("react", "vague", "trajectory-oracle", "ground-truth-oracle")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from retro_ray.driver.gate import GateLog, Measurement, PromotionGate, gated_promote
 from retro_ray.registry import AdapterRegistry, RegistryOwnedByAnotherRun, RegistryState
 from retro_ray.registry.validation import (
     AdapterRejected,
@@ -18,7 +19,6 @@ from retro_ray.registry.validation import (
     model_hash,
 )
 from retro_ray.serve.controller import AliasController, ModelNotFound
-from retro_ray.serve.gate import GateLog, Measurement, PromotionGate, gated_promote
 from retro_ray.serve.runtime import ReplicaRuntime
 from tests.support.tiny_model import TinyModel, build_tiny_model
 
@@ -257,7 +257,7 @@ def run_config(tmp_path: Path, tiny: TinyModel, run: str, *extra: str):
 
 
 def test_runs_in_one_tree_get_their_own_registries(tiny: TinyModel, tmp_path: Path) -> None:
-    from retro_ray.serve.cli import open_registry
+    from retro_ray.registry_cli import open_registry
 
     a, b = (run_config(tmp_path, tiny, run) for run in ("a", "b"))
     assert a.registry_dir == tmp_path / "runs" / "a" / "registry"
@@ -271,7 +271,7 @@ def test_runs_in_one_tree_get_their_own_registries(tiny: TinyModel, tmp_path: Pa
 
 
 def test_another_runs_registry_is_refused_unless_shared(tiny: TinyModel, tmp_path: Path) -> None:
-    from retro_ray.serve.cli import open_registry
+    from retro_ray.registry_cli import open_registry
 
     shared_root = f"registry.root={tmp_path / 'one-registry'}"
     open_registry(run_config(tmp_path, tiny, "a", shared_root)).publish(tiny.adapters["a"])
@@ -534,7 +534,7 @@ def test_approval_mode_waits_for_registry_approve(
     from retro_ray.cli import main
     from retro_ray.config import load_config
     from retro_ray.registry import registry_history
-    from retro_ray.serve.cli import open_registry
+    from retro_ray.registry_cli import open_registry
 
     config = cli_config(tmp_path, tiny)
     assert main(["registry", "publish", str(tiny.adapters["a"]), *config]) == 0

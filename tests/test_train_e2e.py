@@ -50,6 +50,7 @@ def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], lis
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two `retro-ray train` runs (the second resumes the first), 4 evals
 def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> None:
     summary, metrics = run_train_tiny(tmp_path, "serve.port=8127")
     assert summary["iterations"] == 2 and summary["overlap"] is False
@@ -76,31 +77,67 @@ def test_train_command_collects_learns_publishes_and_gates(tmp_path: Path) -> No
     assert '"gate"' in events  # the promotion gate ran and recorded its decision
 
     # What the user runs next: the evaluation table of the trained adapter, then the report.
-    table = json.loads(
-        retro_ray_cli(
-            tmp_path, "eval", "--run", str(run_dir), "--tasks", "4", "--seeds", "2", "--json", "-"
-        ).splitlines()[-1]
-    )
+    def evaluate(*extra: str) -> dict:
+        args = ("eval", "--run", str(run_dir), "--tasks", "4", "--seeds", "2", *extra)
+        return json.loads(retro_ray_cli(tmp_path, *args, "--json", "-").splitlines()[-1])
+
+    table = evaluate()
     assert list(table["agents"]) == [
         "react",
-        "reflexion",
-        "retroformer",
+        "reflexion-greedy",
+        "reflexion-sampled",
+        "retroformer-greedy",
+        "retroformer-sampled",
         "trajectory-oracle",
         "ground-truth-oracle",
     ]
+    assert table["best"]["retroformer"] in ("retroformer-greedy", "retroformer-sampled")
     assert table["seeds"] == [0, 1] and "gap_closed" in table
-    assert table["reflectors"]["retroformer"].startswith("retro@")
+    assert table["reflectors"]["retroformer-sampled"].startswith("retro@")
     for row in table["agents"].values():
         assert len(row["success_by_trial"]) == 2 and row["tasks"] == 8 and row["spread"] >= 0
     assert (
         table["agents"]["ground-truth-oracle"]["success_by_trial"][-1]
         >= (table["agents"]["react"]["success_by_trial"][-1])
     )
+    # Seeds that seed: the same evaluation played afresh elsewhere prints the same table.
+    again = evaluate("--out", str(tmp_path / "eval-again"))
+    assert again["conditions"] == table["conditions"]
+    assert {k: v["success_by_trial"] for k, v in again["agents"].items()} == {
+        k: v["success_by_trial"] for k, v in table["agents"].items()
+    }
     report = json.loads(retro_ray_cli(tmp_path, "report", str(run_dir), "--json"))
     out = Path(report["index_html"]).parent
     for figure in ("success_by_trial", "reflection_reward", "throughput", "cost"):
         assert (out / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "retroformer" in (out / "index.html").read_text().lower()
+
+    # Train more, promote the newest adapter, evaluate again into the same directory: the
+    # Retroformer rows come from the new adapter, the frozen agents' episodes are reused.
+    more, _ = run_train_tiny(tmp_path, "serve.port=8127", "train.iterations=3")
+    assert more["train_version"] > summary["train_version"], more
+    retro_ray_cli(
+        tmp_path,
+        "registry",
+        "promote",
+        str(more["train_version"]),
+        "--config",
+        str(run_dir / "config.json"),
+        "--reason",
+        "test: evaluate the newest adapter",
+    )
+    newer = evaluate()
+    assert newer["adapter"] == f"retro@{more['train_version']}" != table["adapter"]
+    for label in ("retroformer-greedy", "retroformer-sampled"):
+        assert newer["conditions"][label] != table["conditions"][label]
+    for label in ("react", "reflexion-greedy", "trajectory-oracle"):
+        assert newer["conditions"][label] == table["conditions"][label]
+    log = ds.dataset(run_dir / "eval" / "experience", format="parquet", partitioning="hive")
+    rows = log.to_table(columns=["run", "adapter_version", "trial"]).to_pylist()
+    reflected = [
+        r for r in rows if r["run"] == newer["conditions"]["retroformer-sampled"] and r["trial"]
+    ]
+    assert reflected and {r["adapter_version"] for r in reflected} == {newer["adapter"]}
 
 
 @pytest.mark.slow

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import re
 
 import pytest
 
-from retro_ray.agents.build import build_trial_loop, config_for_agent
+from retro_ray.agents.build import build_trial_loop
 from retro_ray.config import load_config
-from retro_ray.evaluate import evaluate
+from retro_ray.evaluation.conditions import Condition
+from retro_ray.evaluation.play import evaluate, read_rows
 from retro_ray.llm.base import EndpointError
+from retro_ray.rollout.experience import ExperienceLog
 from tests.support.openai_server import OpenAIServer
 
 GUESS_ENV = "tests.support.guess_env:GuessEnv"
@@ -60,22 +61,34 @@ def servers():
         yield actor, reflector
 
 
+REFLEXION = Condition("reflexion", "greedy")
+COLUMNS = ("task_id", "trial", "won", "return_after", "memory", "actor_prompt_tokens")
+
+
+def play(cfg, out, condition: Condition = REFLEXION) -> tuple[dict, dict[str, list[dict]]]:
+    """``retro-ray eval``'s path for one condition: its table, and its trials per task."""
+    table = evaluate(cfg, [condition], [cfg.env.seed], out, progress=False)
+    rows = read_rows(
+        ExperienceLog(out / "experience"), table["conditions"], table["seeds"], None, COLUMNS
+    )
+    tasks: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (r["task_id"], r["trial"])):
+        tasks.setdefault(row["task_id"], []).append(row)
+    return table["agents"][condition.label], tasks
+
+
 def test_reflections_flow_into_the_next_trial(servers, tmp_path) -> None:
     actor, reflector = servers
     cfg = guess_config(actor.base_url, reflector.base_url, tmp_path)
-    summary = asyncio.run(evaluate(cfg, tmp_path / "out", show_progress=False))
-    results = [
-        json.loads(line) for line in (tmp_path / "out/results.jsonl").read_text().splitlines()
-    ]
+    summary, results = play(cfg, tmp_path / "out")
     assert summary["tasks"] == 8 and len(results) == 8
     # Ruling out one number per failed trial finds any secret in 1..5 within five trials.
     assert summary["success_by_trial"][-1] == 1.0
-    for r in results:
-        trials = r["trials"]
+    for trials in results.values():
         assert [t["won"] for t in trials] == [False] * (len(trials) - 1) + [True]
-        assert [t["score"] for t in trials][-1] == 1.0
+        assert [t["return_after"] for t in trials][-1] == 1.0
         for k, t in enumerate(trials[1:], start=1):
-            assert t["reflections_in"] == [f"Do not guess {j}." for j in range(1, k + 1)]
+            assert t["memory"] == [f"Do not guess {j}." for j in range(1, k + 1)]
         assert all(t["actor_prompt_tokens"] > 0 for t in trials)
     # The reflector saw each failed trajectory and its return; the actor saw the notes.
     assert any("Return: 0.00" in req.body["prompt"] for req in reflector.requests)
@@ -87,8 +100,8 @@ def test_reflections_flow_into_the_next_trial(servers, tmp_path) -> None:
 
 def test_react_agent_has_no_reflections(servers, tmp_path) -> None:
     actor, reflector = servers
-    cfg = config_for_agent(guess_config(actor.base_url, reflector.base_url, tmp_path), "react")
-    summary = asyncio.run(evaluate(cfg, tmp_path / "react", show_progress=False))
+    cfg = guess_config(actor.base_url, reflector.base_url, tmp_path)
+    summary, _ = play(cfg, tmp_path / "react", Condition("react"))
     assert not reflector.requests
     # Without notes the actor guesses 1 every time: success stays flat after trial 1.
     assert len(set(summary["success_by_trial"])) == 1
@@ -98,7 +111,7 @@ def test_endpoint_recovers_after_500s(servers, tmp_path) -> None:
     actor, reflector = servers
     actor.fail_next(2, status=500)
     cfg = guess_config(actor.base_url, reflector.base_url, tmp_path)
-    summary = asyncio.run(evaluate(cfg, tmp_path / "out", show_progress=False))
+    summary, _ = play(cfg, tmp_path / "out")
     assert summary["success_by_trial"][-1] == 1.0
 
 
@@ -116,18 +129,20 @@ def test_endpoint_that_stays_down_stops_the_run_and_keeps_finished_work(servers,
     cfg = guess_config(actor.base_url, reflector.base_url, tmp_path)
     out = tmp_path / "out"
     with pytest.raises(EndpointError) as err:
-        asyncio.run(evaluate(cfg, out, show_progress=False))
+        play(cfg, out)
     assert actor.base_url in str(err.value)
-    kept = (out / "results.jsonl").read_text().splitlines()
+    kept = {p: p.stat().st_mtime_ns for p in (out / "experience").rglob("part-*.parquet")}
     assert 1 <= len(kept) < 8  # finished tasks kept, the interrupted one not counted as failed
-    assert all(json.loads(line)["trials"][-1]["won"] for line in kept)
+    rows = ExperienceLog(out / "experience").read(columns=["task_id", "trial", "won"]).to_pylist()
+    last = {r["task_id"]: r for r in sorted(rows, key=lambda r: r["trial"])}
+    assert all(r["won"] for r in last.values())
 
     # The endpoint comes back: a rerun resumes, skipping the finished tasks.
     actor.reset()
     actor.responder = follow_notes_actor
-    summary = asyncio.run(evaluate(cfg, out, show_progress=False))
-    assert summary["resumed_tasks"] == len(kept) and summary["tasks"] == 8
-    assert summary["success_by_trial"][-1] == 1.0
+    summary, _ = play(cfg, out)
+    assert summary["tasks"] == 8 and summary["success_by_trial"][-1] == 1.0
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # not played again
 
 
 def test_unparsable_output_is_an_invalid_action(tmp_path) -> None:

@@ -1,5 +1,6 @@
 """What the trial loop produces: per-trial records, per-task results, the summary users read
-(cumulative success after each trial) and a crash-safe JSON-lines log of finished tasks."""
+(cumulative success after each trial) and the progress line. Played trials are logged by
+:mod:`retro_ray.rollout.experience` (the Parquet experience log), the one trial log."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 
@@ -80,26 +80,6 @@ def summarize(results: Sequence[TaskResult], max_trials: int) -> dict[str, Any]:
         "reflector_completion_tokens": sum(t.reflector_completion_tokens for t in trials),
         "failed_tasks": sum(any(t.failure for t in r.trials) for r in results),
     }
-
-
-class ResultsLog:
-    """Finished tasks, one JSON object a line, flushed as each task ends: a crash or an endpoint
-    outage loses nothing finished, and a rerun with the same path skips what is done."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def load(self) -> list[TaskResult]:
-        if not self.path.exists():
-            return []
-        lines = self.path.read_text().splitlines()
-        return [TaskResult.from_json(ln) for ln in lines if ln.strip()]
-
-    def append(self, result: TaskResult) -> None:
-        with self.path.open("a") as f:
-            f.write(result.to_json() + "\n")
-            f.flush()
 
 
 class Progress:

@@ -30,6 +30,9 @@ from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
 logger = logging.getLogger(__name__)
 
+VALIDATION = "validation"
+"""The split the gate plays: never part of the final evaluation table."""
+
 PROMOTE = "promote"
 REJECT = "reject"
 NO_EVIDENCE = "no_evidence"
@@ -119,28 +122,39 @@ class PromotionGate:
 
 
 class EndpointEvaluation:
-    """Measures a served reflector version with the trial loop on the validation split (same
-    tasks and seed for every version, results cached per immutable version name)."""
+    """Measures a served reflector version on the validation split through the evaluation path
+    (:mod:`retro_ray.evaluation.play`: the trial loop, one Parquet log under ``out_dir``), with
+    the same tasks and seed for every version; a version's episodes are reused by its immutable
+    name. Its figure is the mean over tasks of the best return within the trials."""
 
     def __init__(self, cfg: Config, out_dir: Path) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
 
     async def __call__(self, model: str) -> Measurement:
-        from retro_ray.evaluate import evaluate
+        from retro_ray.evaluation.conditions import Condition
+        from retro_ray.evaluation.play import plans_for, play_local, read_rows
+        from retro_ray.rollout.experience import ExperienceLog
 
         cfg = self.cfg
         endpoint = dataclasses.replace(cfg.reflector.endpoint, model=model)
         cfg = dataclasses.replace(
             cfg,
-            env=dataclasses.replace(cfg.env, split="validation", num_tasks=cfg.registry.gate_tasks),
-            reflector=dataclasses.replace(cfg.reflector, kind="llm", endpoint=endpoint),
+            env=dataclasses.replace(cfg.env, num_tasks=cfg.registry.gate_tasks),
+            reflector=dataclasses.replace(cfg.reflector, endpoint=endpoint),
         )
-        out = self.out_dir / model.replace("@", "_at_")
-        out.mkdir(parents=True, exist_ok=True)
-        summary = await evaluate(cfg, out, label=f"gate {model}", show_progress=False)
-        returns = summary["mean_return_by_trial"]
-        return Measurement(float(returns[-1]) if returns else 0.0, int(summary["tasks"]))
+        # The decoding the reflector is configured with (training configs: the sampled policy).
+        decoding = "greedy" if endpoint.temperature <= 0 else "sampled"
+        plans = plans_for(cfg, [Condition("reflexion", decoding)])
+        seed = cfg.env.seed
+        log = ExperienceLog(self.out_dir / "experience")
+        await play_local(plans, [seed], log, progress=False, split=VALIDATION)
+        rows = read_rows(log, plans, [seed], columns=("task_id", "return_after"))
+        best: dict[str, float] = {}
+        for row in rows:
+            best[row["task_id"]] = max(best.get(row["task_id"], 0.0), row["return_after"])
+        mean = sum(best.values()) / len(best) if best else 0.0
+        return Measurement(mean, len(best))
 
 
 async def gated_promote(
