@@ -292,3 +292,29 @@ def test_vllm_seeded_batch_larger_than_one_step(vllm_engine: EngineLoop) -> None
     first = vllm_engine.run(vllm_engine.backend.generate(prompts, sampling))
     again = vllm_engine.run(vllm_engine.backend.generate(prompts[:1], sampling))
     assert len(first) == 64 and first[0].token_ids == again[0].token_ids
+
+
+@pytest.mark.slow
+def test_vllm_failed_load_registers_nothing_and_a_retry_lands(
+    vllm_engine: EngineLoop, tiny: TinyModel, tmp_path
+) -> None:
+    """Regression: the name was registered before ``add_lora`` ran, so after one failed load
+    every retry of the hot-swap was refused as "already loaded"."""
+    import shutil
+
+    backend = vllm_engine.backend
+    broken = tmp_path / "adapter"
+    shutil.copytree(tiny.adapters["b"], broken)
+    weights = broken / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"\x00" * 512)
+    with pytest.raises(Exception):  # noqa: B017 (vLLM's own error type for a corrupt file)
+        vllm_engine.run(backend.load_adapter("b@9", broken))
+    assert "b@9" not in backend.adapters
+    weights.write_bytes(good)
+    vllm_engine.run(backend.load_adapter("b@9", broken))  # the retry of the same version
+    sampling = SamplingParams(max_tokens=12)
+    got = vllm_engine.run(backend.generate(PROMPTS, dataclasses.replace(sampling, adapter="b@9")))
+    want = vllm_engine.run(backend.generate(PROMPTS, dataclasses.replace(sampling, adapter="b")))
+    assert [c.token_ids for c in got] == [c.token_ids for c in want]
+    vllm_engine.run(backend.unload_adapter("b@9"))

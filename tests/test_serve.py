@@ -439,8 +439,44 @@ def test_gated_promotion_evaluates_through_the_endpoint(served: Served, tmp_path
     assert decision.promote and decision.candidate == meta.name
     assert registry.resolve("prod") == meta.version
     assert 0.0 <= decision.candidate_return <= 1.0
-    assert (tmp_path / meta.name.replace("@", "_at_") / "results.jsonl").exists()
+    assert any((tmp_path / "experience").rglob("part-*.parquet"))  # the validation episodes
     assert registry.events()[-2]["event"] == "gate"
+
+
+# -- a failed hot-swap is retried ----------------------------------------------------------------
+
+
+def test_a_failed_swap_is_retried_until_it_lands(served: Served) -> None:
+    """A version whose file cannot be loaded for a while (damaged, then restored): every replica
+    reports why it failed, the controller retries with backoff, and the swap lands once the file
+    is back; the driver's wait sees the failure and then the version served."""
+    import ray
+
+    from retro_ray.driver.train import wait_until_served
+
+    registry = served.app.registry
+
+    def table() -> dict:
+        return ray.get(served.app.controller.table.remote())
+
+    meta = registry.publish(served.tiny.adapters["a"], alias=None)
+    weights = registry.path(meta.version) / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(b"\x00" * len(good))
+    registry.promote(meta.version, "train")
+    try:
+        assert wait_until(lambda: (table()["failure"] or {}).get("attempts", 0) >= 2, 30.0)
+        failure = table()["failure"]
+        assert failure["aliases"]["train"] == meta.version and not failure["gave_up"]
+        assert f"version {meta.version}: AdapterRejected" in failure["reason"]
+        assert "changed since publish" in failure["reason"]
+        replicas = table()["replicas"]  # named "<Serve replica id>@<node address>"
+        assert any(f"replica {rid}: " in failure["reason"] for rid in replicas), replicas
+    finally:
+        weights.write_bytes(good)
+    assert wait_until_served(table, meta.version, timeout_s=60.0) < 60.0
+    assert table()["failure"] is None
+    assert served.post("/completions", _small("train")).json()["model"] == meta.name
 
 
 # -- the vLLM engine behind Serve (one test, its own app) ----------------------------------------

@@ -40,6 +40,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,14 +114,38 @@ def train_tasks(cfg: Config) -> list[Any]:
     return env.tasks("train", n, cfg.env.seed)  # type: ignore[attr-defined]
 
 
-def wait_until_served(controller: Any, version: int, timeout_s: float = 120.0) -> float:
-    """Seconds until the Serve app's ``train`` alias points at ``version`` on every replica."""
-    import ray
+class SwapFailed(RuntimeError):
+    """The Serve app could not hot-swap an adapter version in: the message names the replica,
+    the version and the error."""
 
-    start = time.monotonic()
-    while ray.get(controller.table.remote())["aliases"].get(TRAIN_ALIAS, 0) < version:
+
+def wait_until_served(
+    read_table: Callable[[], dict[str, Any]], version: int, timeout_s: float = 600.0
+) -> float:
+    """Seconds until the Serve app's ``train`` alias points at ``version`` on every replica.
+
+    ``read_table``: the controller's ``table()``. A failed swap is retried by the controller
+    with backoff; each failed attempt is logged here with its replica and error, and once the
+    controller gives up (or ``timeout_s`` passes) :class:`SwapFailed` says which and why."""
+    start, reported = time.monotonic(), 0
+    while (table := read_table())["aliases"].get(TRAIN_ALIAS, 0) < version:
+        failure = table.get("failure")
+        if failure is not None and failure["aliases"].get(TRAIN_ALIAS, 0) < version:
+            failure = None  # an older revision's: not about this version
+        if failure is not None and failure["gave_up"]:
+            raise SwapFailed(
+                f"the Serve app could not serve adapter version {version} "
+                f"({failure['attempts']} attempts): {failure['reason']}"
+            )
+        if failure is not None and failure["attempts"] > reported:
+            reported = failure["attempts"]
+            log(
+                f"hot-swap of adapter version {version} failed (attempt {reported}): "
+                f"{failure['reason']}; retrying in {failure['retry_in_s']:.1f}s"
+            )
         if time.monotonic() - start > timeout_s:
-            raise TimeoutError(f"adapter version {version} not served after {timeout_s:.0f}s")
+            why = failure["reason"] if failure else "no replica reported an error"
+            raise SwapFailed(f"adapter version {version} not served after {timeout_s:.0f}s: {why}")
         time.sleep(0.2)
     return time.monotonic() - start
 
@@ -162,6 +187,11 @@ class BatchFlow:
     max_staleness: int
     adapter_name: str
     steps: dict[int, int] = field(default_factory=lambda: {0: 0})  # version -> learner step
+
+    def read_served_table(self) -> dict[str, Any]:
+        import ray
+
+        return ray.get(self.app.controller.table.remote())
 
     def step_of(self, version: int) -> int:
         if version not in self.steps:
@@ -205,7 +235,7 @@ class BatchFlow:
         self.learner.wait_applied(flight.seq + 1)
         record["learn_wait_s"] = time.monotonic() - t0
         record["version"] = version = self.app.registry.state().aliases.get(TRAIN_ALIAS, 0)
-        record["swap_s"] = wait_until_served(self.app.controller, version)
+        record["swap_s"] = wait_until_served(self.read_served_table, version)
         step_metrics = self.applied_metrics(flight.seq)
         if step_metrics:
             self.gauges.set({**step_metrics, "adapter_version": version})

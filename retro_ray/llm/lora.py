@@ -35,16 +35,24 @@ class AdapterSet:
 
     def load(self, name: str, path: str | Path) -> None:
         """Load the peft adapter directory ``path`` under ``name`` (names are immutable versions:
-        loading an existing name is an error, so a stale copy can never be served)."""
+        loading an existing name is an error, so a stale copy can never be served). ``name`` is
+        registered only after a successful load: a failed one leaves nothing behind (peft injects
+        the adapter's layers before it reads the weights; they are removed again), so it can be
+        retried under the same name."""
         from peft import PeftModel
 
         if name in self._peft_names:
             raise ValueError(f"adapter {name!r} is already loaded; publish a new version name")
         peft_name = f"adapter_{next(self._counter)}"
         if isinstance(self.model, PeftModel):
-            self.model.load_adapter(
-                str(path), adapter_name=peft_name, torch_device=str(self.device)
-            )
+            try:
+                self.model.load_adapter(
+                    str(path), adapter_name=peft_name, torch_device=str(self.device)
+                )
+            except Exception:
+                if peft_name in self.model.peft_config:
+                    self.model.delete_adapter(peft_name)
+                raise
         else:
             self.model = PeftModel.from_pretrained(
                 self.model, str(path), adapter_name=peft_name, torch_device=str(self.device)

@@ -7,7 +7,9 @@ exactly the tokens that were sampled. Log-probs are vLLM v1's default RAW (pre-t
 
 vLLM caches adapters by name and integer id, so an adapter name is an immutable version: every
 ``load_adapter`` takes a fresh id, and loading a name twice is an error rather than a silent stale
-copy. Create engines in a process whose main module is import-safe (``if __name__ ==
+copy. A name is registered only once the engine has loaded it: a load that fails (an unreadable or
+corrupt file) leaves nothing behind, so the hot-swap's retry loads it again instead of being told
+it is "already loaded". Create engines in a process whose main module is import-safe (``if __name__ ==
 "__main__":``): vLLM starts its engine core in a child process.
 """
 
@@ -107,8 +109,8 @@ class VLLMBackend:
         self._engine: Any = AsyncLLM.from_engine_args(args)
         self._ids = itertools.count(1)
         self._loras: dict[str, Any] = {}
-        for adapter_name, path in (adapters or {}).items():
-            self._register(adapter_name, path)
+        for adapter_name, path in (adapters or {}).items():  # loaded by their first request
+            self._loras[adapter_name] = self._request(adapter_name, path)
 
     # -- adapters -----------------------------------------------------------------------------
 
@@ -116,21 +118,24 @@ class VLLMBackend:
     def adapters(self) -> list[str]:
         return list(self._loras)
 
-    def _register(self, name: str, path: str | Path) -> Any:
+    def _request(self, name: str, path: str | Path) -> Any:
+        """A ``LoRARequest`` with a fresh integer id for a name not loaded yet (not registered:
+        the caller registers it once it is loaded)."""
         from vllm.lora.request import LoRARequest
 
         if name in self._loras:
             raise ValueError(f"adapter {name!r} is already loaded; publish a new version name")
         if not (Path(path) / "adapter_config.json").exists():
             raise FileNotFoundError(f"no peft adapter in {path}")
-        request = LoRARequest(name, next(self._ids), str(path))
-        self._loras[name] = request
-        return request
+        return LoRARequest(name, next(self._ids), str(path))
 
     async def load_adapter(self, name: str, path: str | Path) -> None:
-        """Register adapter ``name`` and load it into the engine now, so that the first request
-        that uses it does not pay the load."""
-        await self._engine.add_lora(self._register(name, path))
+        """Load adapter ``name`` into the engine now (so that its first request does not pay the
+        load), then register it: a failed load registers nothing, and can be retried."""
+        request = self._request(name, path)
+        if await self._engine.add_lora(request) is False:
+            raise RuntimeError(f"vLLM refused to load adapter {name!r} from {path}")
+        self._loras[name] = request
 
     async def unload_adapter(self, name: str) -> None:
         """Forget ``name`` and free its slot in the engine (requests still using it may fail)."""

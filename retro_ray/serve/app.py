@@ -83,6 +83,16 @@ async def _unavailable(_request: Any, exc: AdapterRejected) -> JSONResponse:
     return error_response(503, f"version unavailable: {exc}", code="version_unavailable")
 
 
+def _replica_name() -> str:
+    """This replica in the controller's swap reports (``replica <name>: version 3: <error>``):
+    Serve's replica id and the node's address, which say where its logs are."""
+    try:
+        replica = serve.get_replica_context().replica_id.unique_id
+    except Exception:  # outside a Serve replica
+        replica = uuid.uuid4().hex[:8]
+    return f"{replica}@{ray.util.get_node_ip_address()}"
+
+
 def _with_version(payload: dict[str, Any], model: str, epoch: int) -> JSONResponse:
     return JSONResponse(payload, headers={"x-retro-version": model, "x-retro-epoch": str(epoch)})
 
@@ -124,7 +134,7 @@ class RetroServer:
         self._version = metrics.Gauge("retro_serve_version", "Served version per alias", ("alias",))
         # Warm up before taking traffic (vLLM's first request is slow), then join the swaps.
         await self.engine.generate(["warm up"], SamplingParams(max_tokens=2))
-        self.replica_id = uuid.uuid4().hex
+        self.replica_id = _replica_name()
         self._generation, wanted = await self.controller.register.remote(self.replica_id)
         await self.runtime.sync(wanted)
         await self.controller.report.remote(

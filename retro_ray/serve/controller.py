@@ -4,7 +4,14 @@ Phase 1 (prepare): a new alias table arrives (the registry's revision changed). 
 the ``wanted`` set; every replica long-polls ``wait_for_work``, loads what it lacks while it keeps
 serving, and reports. Phase 2 (flip): once every live replica holds every wanted version, the
 served table is replaced in one step and the epoch grows. If a replica fails to load, or the
-swap times out, the old table keeps serving and the failure is kept with its reason.
+swap times out, the old table keeps serving and the failure is kept with its reason: which
+replica, which version, the error (``failure`` in :meth:`AliasController.table`).
+
+Retries: a failed revision is tried again (:class:`RegistryWatcher`) after an exponential backoff
+(``retry_backoff_s``, doubled each time, at most ``max_backoff_s``), up to ``max_attempts`` times;
+then the controller gives up on it (``failure.gave_up``) until the registry changes. A transient
+fault (a file briefly unreadable, a replica restarting) heals by itself; a permanent one is
+reported, and the driver waiting for the swap stops with its reason instead of waiting.
 
 Monotone versions: replicas resolve a requested model (``prod``, ``train``, ``retro@3``) here,
 once per request, so every replica sees the same table at the same moment. A request resolved
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -57,6 +65,18 @@ class SwapResult:
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class SwapFailure:
+    """The newest registry revision that could not be served (cleared by a successful swap)."""
+
+    revision: int
+    aliases: dict[str, int]  # the alias table it asked for
+    attempts: int
+    reason: str  # the last attempt's: "replica <id>: version <v>: <error>", or a timeout
+    gave_up: bool  # no more attempts until the registry changes
+    retry_in_s: float  # backoff before the next attempt (0 once given up)
+
+
 class AliasController:
     def __init__(
         self,
@@ -80,6 +100,7 @@ class AliasController:
         self._replicas: dict[str, _Replica] = {}
         self._changed = asyncio.Condition()
         self.swaps: list[SwapResult] = []
+        self.failure: SwapFailure | None = None  # set by the watcher, cleared by a good swap
 
     # -- replicas -----------------------------------------------------------------------------
 
@@ -152,6 +173,7 @@ class AliasController:
             "revision": self.revision,
             "versions": sorted(self.known_versions),
             "replicas": {rid: sorted(v) for rid, v in self.live_replicas().items()},
+            "failure": dataclasses.asdict(self.failure) if self.failure else None,
         }
 
     # -- the swap -----------------------------------------------------------------------------
@@ -162,6 +184,8 @@ class AliasController:
         self.known_versions = set(state.versions)
         target = {a: v for a, v in state.aliases.items() if a in ALIASES}
         needed = set(target.values())
+        for replica in self._replicas.values():  # an earlier attempt's failures: try afresh
+            replica.failed = {v: why for v, why in replica.failed.items() if v not in needed}
         self.wanted = set(self.served.values()) | needed
         await self._notify(bump=True)
         reason = await self._wait_loaded(needed)
@@ -169,9 +193,10 @@ class AliasController:
             self.wanted = set(self.served.values())
             await self._notify(bump=True)
             result = SwapResult(False, state.revision, target, self._clock() - began, reason)
-            logger.warning("hot-swap to revision %d failed: %s", state.revision, reason)
+            logger.info("hot-swap to revision %d failed: %s", state.revision, reason)
         else:
             self.served, self.revision = target, state.revision
+            self.failure = None
             self.epoch += 1
             self.wanted = needed
             await self._notify(bump=True)
@@ -187,7 +212,7 @@ class AliasController:
             while True:
                 live = self.live_replicas()
                 failures = [
-                    f"replica {rid[:8]}: version {v}: {why}"
+                    f"replica {rid}: version {v}: {why}"
                     for rid, r in self._replicas.items()
                     if rid in live
                     for v, why in r.failed.items()
@@ -217,27 +242,68 @@ class AliasController:
 
 class RegistryWatcher:
     """Polls the registry's alias table and hands each new revision to the controller, one at
-    a time (a burst of publishes coalesces into the latest). A failed revision is not retried
-    until the registry changes again."""
+    a time (a burst of publishes coalesces into the latest). A failed revision is retried with
+    exponential backoff, at most ``max_attempts`` times (see the module docstring)."""
 
     def __init__(
         self,
         controller: AliasController,
         read_state: Callable[[], RegistryState],
         interval_s: float,
+        *,
+        retry_backoff_s: float = 1.0,
+        max_backoff_s: float = 30.0,
+        max_attempts: int = 8,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.controller = controller
         self.read_state = read_state
         self.interval_s = interval_s
-        self._attempted = -1
+        self.retry_backoff_s = retry_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self._attempted = -1  # the revision being tried
+        self._attempts = 0  # attempts at it so far
+        self._retry_at = 0.0
+
+    def backoff_s(self, attempts: int) -> float:
+        """Pause after the ``attempts``-th failed attempt: doubling, capped."""
+        return min(self.retry_backoff_s * 2 ** (attempts - 1), self.max_backoff_s)
 
     async def step(self) -> SwapResult | None:
+        """Apply the registry's revision if it is new, or due for a retry; the attempt's result
+        (None: nothing to do)."""
         state = await asyncio.to_thread(self.read_state)
         self.controller.known_versions = set(state.versions)
-        if state.revision in (self._attempted, self.controller.revision):
+        if state.revision == self.controller.revision:
             return None
-        self._attempted = state.revision
-        return await self.controller.apply(state)
+        if state.revision != self._attempted:  # a new revision: a fresh series of attempts
+            self._attempted, self._attempts = state.revision, 0
+        elif self._attempts >= self.max_attempts or self._clock() < self._retry_at:
+            return None
+        self._attempts += 1
+        result = await self.controller.apply(state)
+        if not result.ok:
+            self._record_failure(result)
+        return result
+
+    def _record_failure(self, result: SwapResult) -> None:
+        gave_up = self._attempts >= self.max_attempts
+        delay = 0.0 if gave_up else self.backoff_s(self._attempts)
+        self._retry_at = self._clock() + delay
+        self.controller.failure = SwapFailure(
+            result.revision, result.aliases, self._attempts, result.reason, gave_up, delay
+        )
+        then = "giving up until the registry changes" if gave_up else f"retrying in {delay:.1f}s"
+        logger.warning(
+            "hot-swap to revision %d failed (attempt %d of %d): %s; %s",
+            result.revision,
+            self._attempts,
+            self.max_attempts,
+            result.reason,
+            then,
+        )
 
     async def run(self) -> None:
         while True:
