@@ -761,3 +761,25 @@ def test_the_driver_records_the_cpus_it_holds(monkeypatch: pytest.MonkeyPatch) -
     # A local run counts this machine's cores, not the logical CPUs its local Ray declares.
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert cluster_cpus() == os.cpu_count()
+
+
+def test_only_the_partitions_of_the_last_table_are_read(tmp_path: Path) -> None:
+    """An evaluation log keeps an older adapter's episodes under the same label (another
+    partition key); the report reads the partitions table.json names, as the table does."""
+    run = tmp_path / "reevaluated"
+    log = ExperienceLog(run / "eval" / "experience")
+    partitions = {"react": "eval-react-k1", "retroformer-greedy": "eval-retroformer-greedy-new"}
+    old = "eval-retroformer-greedy-old"
+    for i in range(2):
+        task = f"lookup-test-0-{i}"
+        log.write_episode(partitions["react"], 0, task, [eval_row("react", task, 0, i == 0)])
+        won_at_1 = [eval_row("retroformer-greedy", task, k, k == 1) for k in range(2)]
+        log.write_episode(partitions["retroformer-greedy"], 0, task, won_at_1)
+        log.write_episode(old, 0, task, [eval_row("retroformer-greedy", task, 0, True)])
+    table = {"trials": 2, "seeds": [0], "conditions": partitions}
+    (run / "eval" / "table.json").write_text(json.dumps(table))
+    report = build_report(run)
+    agents = report["evaluation"]["agents"]
+    assert agents["retroformer-greedy"]["mean"] == [0.0, 1.0]  # the old partition: [1.0, 1.0]
+    assert agents["retroformer-greedy"]["tasks_per_seed"] == {"0": 2}
+    assert agents["react"]["mean"] == [0.5, 0.5]

@@ -1,11 +1,12 @@
 """``build_report``: read a run directory's logs, compute the numbers, draw, write the page.
 
-Reads (all optional, at least one of the first three required)::
+Reads (all optional; at least one of the two logs or ``metrics.jsonl`` required)::
 
     RUN_DIR/experience/         training experience log (ExperienceLog; run=<name>/iteration=<i>)
     RUN_DIR/eval/experience/    evaluation log (iteration=<seed>, mode = the evaluation label)
+    RUN_DIR/eval/table.json     retro-ray eval's table: its ``trials``, and its ``conditions``
+                                (label -> partition): only those partitions are read
     RUN_DIR/metrics.jsonl       one record per training iteration (``cpus``: the CPUs it ran on)
-    RUN_DIR/eval/table.json     retro-ray eval's table: only its ``trials`` is used
     RUN_DIR/summary.json        the train summary;  RUN_DIR/config.json  the resolved config
     RUN_DIR/gates.jsonl         the driver's gate outcomes (one per gate run)
     RUN_DIR/gate/               the promotion gate's validation episodes (counted)
@@ -28,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from retro_ray.evaluation.play import TABLE_FILE, current_rows
 from retro_ray.report import data, html
 from retro_ray.rollout.experience import ExperienceLog
 
@@ -114,9 +116,29 @@ def count_gate_episodes(gate_dir: Path) -> int:
     return parts + lines
 
 
-def read_examples(eval_root: Path, labels: tuple[str, str]) -> pa.Table:
+def table_conditions(eval_root: Path) -> dict[str, str] | None:
+    """``{label: partition}`` of the last ``retro-ray eval`` table (``table.json`` beside the
+    log), or None for a log without one (written before tables named their partitions)."""
+    table = _read_json(eval_root.parent / TABLE_FILE) or {}
+    conditions = table.get("conditions")
+    return conditions if isinstance(conditions, dict) and conditions else None
+
+
+def read_evaluation(eval_root: Path, columns: tuple[str, ...]) -> data.Rows | None:
+    """The evaluation rows the report is about, or None when there are none: those of the
+    partitions the last table was built from (``mode`` = the condition label), never an older
+    adapter's episodes left in the same log; a log without such a table is read whole."""
+    if table_conditions(eval_root) is not None:
+        return current_rows(eval_root.parent, columns) or None
+    return read_log(eval_root, columns)
+
+
+def read_examples(eval_root: Path, labels: tuple[str, str]) -> data.Rows:
     """Trials 0 and 1 of the two agents whose reflections the page compares, with their
     reflections and trajectories (only these rows: trajectories are most of a log's bytes)."""
+    if table_conditions(eval_root) is not None:
+        rows = current_rows(eval_root.parent, data.EXAMPLE_COLUMNS)
+        return [r for r in rows if r["mode"] in labels and r["trial"] <= 1]
     wanted = ds.field("mode").isin(list(labels)) & (ds.field("trial") <= 1)
     return (
         ExperienceLog(eval_root)
@@ -162,7 +184,7 @@ def _check_run_dir(run_dir: Path, has_any_log: bool) -> None:
 
 
 def evaluation_numbers(
-    table: pa.Table, prices: data.Prices, trials: int | None = None
+    table: data.Rows, prices: data.Prices, trials: int | None = None
 ) -> dict[str, Any]:
     """Success by trial, tokens per task and the cost per point of an evaluation log, over
     ``trials`` trials (at least the longest task of the log). ``best`` names each agent's
@@ -201,7 +223,7 @@ def build_report(
     prices = prices or data.Prices()
     train_root, eval_root, metrics_path = run_dir / TRAIN_LOG, run_dir / EVAL_LOG, run_dir / METRICS
     train = read_log(train_root, _TRAIN_COLUMNS) if run_dir.is_dir() else None
-    evaluation_log = read_log(eval_root, data.EVAL_COLUMNS) if run_dir.is_dir() else None
+    evaluation_log = read_evaluation(eval_root, data.EVAL_COLUMNS) if run_dir.is_dir() else None
     _check_run_dir(
         run_dir, train is not None or evaluation_log is not None or metrics_path.is_file()
     )
@@ -221,7 +243,7 @@ def build_report(
     if evaluation_log is not None:
         # retro-ray eval records the configured trials per task in table.json: a log where every
         # task was won early is still reported up to that trial.
-        eval_table = _read_json(eval_root.parent / "table.json") or {}
+        eval_table = _read_json(eval_root.parent / TABLE_FILE) or {}
         trials = eval_table.get("trials") if isinstance(eval_table.get("trials"), int) else None
         evaluation = evaluation_numbers(evaluation_log, prices, trials)
     rows: data.Rows = train if train is not None else []
