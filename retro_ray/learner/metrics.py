@@ -5,7 +5,11 @@ Fields: ``loss``, ``pg_loss``, ``kl_ref`` (when the reference is computed), ``gr
 collection stats the batch was queued with), ``tokens`` (the global loss-token count),
 ``tokens_per_s`` (global tokens over this worker's update time), ``update_time_s``,
 ``queue_wait_s`` (from queueing to the start of its update), ``staleness`` (learner steps between
-the adapter that sampled the batch and the weights it updated: 0 is on-policy) and ``cursor``.
+the adapter that sampled the batch and the weights it updated: 0 is on-policy),
+``old_logprobs_from_sampler`` (1: the PPO ratio's old log-probs were the sampler's, the
+importance correction of a stale batch; 0: recomputed by the learner), ``nonfinite_skipped`` and
+``nonfinite_skipped_total`` (optimizer steps skipped for a NaN/inf loss or gradient norm, in this
+batch and since the start) and ``cursor``.
 
 Rank 0 records them in the queue actor (the driver reads them back) and passes them to
 ``ray.train.report``; :class:`LearnerGauges` also exports the main ones as Prometheus gauges.
