@@ -57,14 +57,14 @@ def run(backend: str, replicas: int, clients: int, swaps: int, work: Path) -> di
     import ray
     from ray import serve
 
-    from retro_ray.config import load_config
+    from retro_ray.run_config import load_run_config
     from retro_ray.serve.launch import start, stop
     from retro_ray.serve.loadgen import RequestStream, failures, monotone_per_client, percentile
     from retro_ray.zoo.build import build_zoo
 
     model_dir = build_zoo("tiny").retrospective_dir
     adapters = [random_adapter(model_dir, work / f"adapter{i}", seed=i) for i in range(swaps + 1)]
-    cfg = load_config(
+    cfg = load_run_config(
         None,
         [
             f"serve.backend={backend}",

@@ -73,13 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.runs < 1:
         p.error("--runs must be >= 1")
 
-    from retro_ray.config import load_config
     from retro_ray.evaluation.conditions import TABLE_AGENTS
     from retro_ray.evaluation.play import evaluate_run, read_rows
     from retro_ray.evaluation.table import best_decodings, paired_effect, solved_by_last_trial
     from retro_ray.rollout.experience import ExperienceLog
+    from retro_ray.run_config import load_run_config
 
-    load_config(args.config, args.set)  # a bad config fails here, before any training
+    load_run_config(args.config, args.set)  # a bad config fails here, before any training
     start = time.monotonic()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -26,13 +26,14 @@ import torch
 
 from retro_ray.agents.actors import LLMActor
 from retro_ray.agents.trial_loop import TrialLoop
-from retro_ray.config import LearnerConfig, ReflectorConfig, TrainConfig, load_config
+from retro_ray.config import LearnerConfig, ReflectorConfig, TrainConfig
 from retro_ray.envs.registry import make_env
 from retro_ray.learner.groups import FailedTrial, GroupRunner
 from retro_ray.learner.local import LocalRetroformer
 from retro_ray.learner.policy import ReflectorPolicy
 from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.torch_backend import TorchBackend
+from retro_ray.run_config import load_run_config
 
 ENVS = ("lookup", "household", "shop")
 DEFAULT_ENVS = ("lookup",)
@@ -52,7 +53,7 @@ def build_runner(
     actor_dir: Path, reflector: ReflectorConfig, actor_max_tokens: int, envs: tuple[str, ...]
 ) -> GroupRunner:
     backend = TorchBackend(actor_dir, max_batch_size=128)
-    defaults = load_config()
+    defaults = load_run_config()
     actor = LLMActor(
         backend,
         SamplingParams(max_tokens=actor_max_tokens, temperature=0.0, stop=("\n",)),
@@ -85,7 +86,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     # In a thread: a zoo build runs its own event loop (asyncio.run), and blocks for minutes.
     actor_dir, retro_dir = await asyncio.to_thread(resolve_models, args)
-    cfg = load_config(None, args.set)
+    cfg = load_run_config(None, args.set)
     learner: LearnerConfig = cfg.learner
     train: TrainConfig = replace(
         cfg.train,

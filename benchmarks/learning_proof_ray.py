@@ -39,7 +39,6 @@ from benchmarks.learning_proof import (
     resolve_models,
     tasks_of,
 )
-from retro_ray.config import load_config
 from retro_ray.learner.distributed import DistributedLearner
 from retro_ray.learner.local import LocalRetroformer
 from retro_ray.learner.offline import load_groups, offline_batches, offline_config
@@ -47,6 +46,7 @@ from retro_ray.learner.online import OnlineRetroformer
 from retro_ray.learner.policy import ReflectorPolicy
 from retro_ray.learner.train_loop import RegistryTarget
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow
+from retro_ray.run_config import load_run_config
 
 
 def gain(trained: list[float], base: list[float], seed: int) -> dict[str, float]:
@@ -88,7 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
     torch.set_num_threads(1)
     actor_dir, retro_dir = resolve_models(args)
-    cfg = load_config(None, args.set)
+    cfg = load_run_config(None, args.set)
     learner_cfg = replace(
         cfg.learner, num_workers=args.workers, max_staleness=args.staleness, cpus_per_worker=0.5
     )

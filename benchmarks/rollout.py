@@ -41,17 +41,18 @@ from typing import Any
 
 from benchmarks.replay_server import prompt_key
 from retro_ray.agents.build import build_trial_loop, config_for_agent
-from retro_ray.config import Config, load_config
+from retro_ray.config import Config
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams
 from retro_ray.rollout.worker import rss_bytes
+from retro_ray.run_config import load_run_config
 
 MODE = "trajectory-oracle"
 CONCURRENCIES = (1, 16, 64, 256)
 
 
 def bench_config(base_url: str, workers: int, per_worker: int) -> Config:
-    return load_config(
+    return load_run_config(
         None,
         [
             "env.name=lookup",

@@ -46,9 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from retro_ray.config import load_config
+    from retro_ray.run_config import load_run_config
 
-    cfg = load_config(args.config, args.set)  # fail fast, before any agent runs
+    cfg = load_run_config(args.config, args.set)  # fail fast, before any agent runs
     table_dir = Path(args.table_dir) if args.table_dir else cfg.run_dir
     table_path = cfg.run_dir / "eval" / "table-job.json"
     table_path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ def build(args: dict[str, Any]) -> Any:
     """Serve's application builder: returns the ``RetroServer`` deployment, bound."""
     import ray
 
-    from retro_ray.config import load_config
+    from retro_ray.run_config import load_run_config
     from retro_ray.serve.app import RetroServer
     from retro_ray.serve.launch import (
         NAMESPACE,
@@ -42,7 +42,7 @@ def build(args: dict[str, Any]) -> Any:
     )
 
     parsed = BuildArgs.model_validate(args)
-    cfg = load_config(parsed.config, parsed.set)
+    cfg = load_run_config(parsed.config, parsed.set)
     s = cfg.serve
     model_dir = resolve_model_dir(cfg)
     settings = replica_settings(cfg, model_dir)

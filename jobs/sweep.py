@@ -64,11 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_spec(args: argparse.Namespace) -> SweepSpec:
     """The sweep's points, each checked against the config tree before anything runs."""
-    from retro_ray.config import load_config
+    from retro_ray.run_config import load_run_config
 
     points = expand(parse_grid(args.grid))
     for point in points:
-        load_config(args.config, [*args.set, *overrides(point)])
+        load_run_config(args.config, [*args.set, *overrides(point)])
     return SweepSpec(
         name=args.name,
         command=args.command,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from retro_ray.config import ConfigError, load_config, to_dict
+from retro_ray.config import ConfigError, to_dict
 from retro_ray.llm.base import EndpointError
+from retro_ray.run_config import load_run_config
 
 EXIT_CONFIG = 2
 EXIT_ENDPOINT = 3
@@ -346,7 +347,7 @@ def _env_play(args: argparse.Namespace) -> int:
     overrides += [f"env.options.{kv}" for kv in args.option]
     if args.data:
         overrides.append(f"env.data_path={args.data}")
-    cfg = load_config(None, overrides)
+    cfg = load_run_config(None, overrides)
     out = Path(cfg.run.output_dir) / "play" / f"{args.name.replace(':', '_')}-{args.policy}"
     table = evaluate(cfg, [Condition("react")], [cfg.env.seed], out, progress=not args.json)
     log = ExperienceLog(out / "experience")
@@ -386,7 +387,7 @@ def _eval(args: argparse.Namespace) -> int:
             )
         table = play.evaluate_run(Path(args.run), agents, args.seeds, overrides, out, decodings)
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = load_run_config(args.config, overrides)
         seeds = play.evaluation_seeds(cfg, args.seeds)
         out = out or cfg.run_dir / "eval"
         conditions = conditions_for(agents, decodings)
@@ -400,7 +401,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from retro_ray.driver.train import run_train
 
-    summary = run_train(load_config(args.config, args.set))
+    summary = run_train(load_run_config(args.config, args.set))
     _emit_json(summary, args.json)
     print(
         f"run: {summary['run_dir']} (train v{summary['train_version']}, "
@@ -417,7 +418,7 @@ def _emit_json(summary: dict, path: str | None) -> None:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
     return 0
 

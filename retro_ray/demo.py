@@ -16,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from retro_ray.config import load_config
+from retro_ray.run_config import load_run_config
 
 EVAL_TRIALS = 3
 """Trials per test task in the table (the paper's figures are after a few retries)."""
@@ -36,7 +36,7 @@ def run_demo(
     start = time.monotonic()
     output_dir = output_dir.resolve()
     zoo = build_zoo("default")
-    cfg = load_config(
+    cfg = load_run_config(
         TRAIN_CONFIG if TRAIN_CONFIG.exists() else None,
         [
             f"run.output_dir={output_dir}",

@@ -14,8 +14,9 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from retro_ray.config import Config, load_config
+from retro_ray.config import Config
 from retro_ray.registry import ALIASES, PROD_ALIAS, TRAIN_ALIAS
+from retro_ray.run_config import load_run_config
 
 
 def add_registry_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> None:
@@ -80,7 +81,7 @@ def open_registry(cfg: Config) -> Any:
 
 
 def _list(args: argparse.Namespace) -> int:
-    registry = open_registry(load_config(args.config, args.set))
+    registry = open_registry(load_run_config(args.config, args.set))
     state = registry.state()
     versions = [asdict(registry.get(v)) for v in state.versions]
     pending = [asdict(p) for p in registry.pending()]
@@ -103,7 +104,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    registry = open_registry(load_config(args.config, args.set))
+    registry = open_registry(load_run_config(args.config, args.set))
     meta = registry.publish(
         args.adapter_dir,
         step=args.step,
@@ -117,7 +118,7 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set)
     if cfg.registry.require_approval and args.alias == PROD_ALIAS and not args.by:
         raise ValueError(
             "registry.require_approval is on: a manual promotion of prod must say who makes it "
@@ -130,7 +131,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    registry = open_registry(load_config(args.config, args.set))
+    registry = open_registry(load_run_config(args.config, args.set))
     version = registry.rollback(args.alias, args.version, reason=args.reason, by=args.by)
     print(json.dumps({"alias": args.alias, "version": version}))
     return 0
@@ -139,14 +140,14 @@ def _rollback(args: argparse.Namespace) -> int:
 def _gate(args: argparse.Namespace) -> int:
     from retro_ray.driver.gate import PENDING, gated_promote
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set)
     decision = asyncio.run(gated_promote(open_registry(cfg), cfg, args.candidate))
     print(json.dumps(asdict(decision)))
     return 0 if decision.promote or decision.outcome == PENDING else 1
 
 
 def _approve(args: argparse.Namespace) -> int:
-    registry = open_registry(load_config(args.config, args.set))
+    registry = open_registry(load_run_config(args.config, args.set))
     waiting = {p.version: p.alias for p in registry.pending()}
     try:
         version = registry.approve(args.version, by=args.by, reason=args.reason)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from retro_ray.config import Config, ConfigError, load_config
+from retro_ray.run_config import load_run_config
 
 CONFIGS = sorted(Path(__file__).parent.parent.joinpath("configs").glob("*.yaml"))
 
@@ -58,7 +61,7 @@ def test_config_is_frozen() -> None:
 )
 def test_errors_name_the_key_the_value_and_what_is_allowed(override: str, names: list[str]) -> None:
     with pytest.raises(ConfigError) as err:
-        load_config(None, [override])
+        load_run_config(None, [override])
     for fragment in names:
         assert fragment in str(err.value)
 
@@ -75,7 +78,31 @@ def test_malformed_yaml_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_example_configs_load(path: Path) -> None:
     assert CONFIGS, "configs/ holds example configs"
-    load_config(path)
+    load_run_config(path)
+
+
+def test_the_config_checks_its_sections_and_the_run_loader_the_environment() -> None:
+    """The config imports nothing above it (the environment registry reads the config): an
+    unknown environment passes ``load_config`` and is refused, by key, by ``load_run_config``,
+    the loader every command uses. Section errors are refused by both."""
+    assert load_config(None, ["env.name=atari"]).env.name == "atari"
+    assert load_config(None, ["env.options.n_candidatez=3"]).env.options == {"n_candidatez": 3}
+    with pytest.raises(ConfigError, match=r"env\.name: unknown environment 'atari'"):
+        load_run_config(None, ["env.name=atari"])
+    with pytest.raises(ConfigError, match=r"env\.options\.n_candidatez"):
+        load_run_config(None, ["env.options.n_candidatez=3"])
+    for load in (load_config, load_run_config):
+        with pytest.raises(ConfigError, match=r"trials\.max_trials"):
+            load(None, ["trials.max_trials=0"])
+
+
+def test_loading_a_config_imports_no_environment() -> None:
+    code = (
+        "import sys; from retro_ray.config import load_config; load_config(None, []); "
+        "print(sorted(m for m in sys.modules if m.startswith('retro_ray.envs')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_partial_section_keeps_the_fields_own_defaults() -> None:

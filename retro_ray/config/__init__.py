@@ -4,7 +4,9 @@ Loaded from YAML, overridden from the command line with dotted keys (``--set act
 and validated before any work starts: an error names the key, the bad value and what is allowed.
 Every field is documented where it is declared (the docstring under it). Sections live in
 ``agent.py`` (trial loop), ``training.py`` (learner, collection) and ``serving.py``; the root in
-``tree.py``; loading and checking in ``loading.py``.
+``tree.py``; loading and checking in ``loading.py``. The config imports nothing above it: the
+environment named in ``env`` is checked by ``retro_ray.run_config.load_run_config``, the loader
+every command uses.
 """
 
 from retro_ray.config.agent import (

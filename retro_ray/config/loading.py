@@ -23,7 +23,9 @@ T = TypeVar("T")
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Load a YAML file (or the defaults), apply ``a.b=value`` overrides, build and validate."""
+    """Load a YAML file (or the defaults), apply ``a.b=value`` overrides, build and validate
+    every section. Commands load through ``retro_ray.run_config.load_run_config``, which also
+    checks the environment named in ``env``."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)

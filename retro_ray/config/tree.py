@@ -34,13 +34,14 @@ class Config:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def validate(self) -> Config:
-        """Check every value; raise ConfigError naming the first bad key. Returns self."""
+        """Check every value; raise ConfigError naming the first bad key. Returns self.
+
+        Each section checks itself; whether ``env.name`` and ``env.options`` name a real
+        environment is checked above the config, by ``retro_ray.run_config.load_run_config``
+        (the environment registry reads the config, so the config cannot ask it)."""
         finite_numbers(self, "")  # nan / inf anywhere, before any range check sees them
         for f in dataclasses.fields(self):
             getattr(self, f.name).validate(f.name)
-        from retro_ray.envs.registry import validate_env_config
-
-        validate_env_config(self.env)
         self._check_across_sections()
         return self
 

@@ -36,7 +36,7 @@ from typing import Any
 from retro_ray.agents.build import actor_client, openai_client
 from retro_ray.agents.results import Progress
 from retro_ray.aio import gather_all
-from retro_ray.config import Config, load_config
+from retro_ray.config import Config
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.evaluation.conditions import (
     DECODINGS,
@@ -52,6 +52,7 @@ from retro_ray.llm.base import LLMClient, PinnedAdapter
 from retro_ray.report.data import EVAL_COLUMNS
 from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
 from retro_ray.rollout.experience import ExperienceLog
+from retro_ray.run_config import load_run_config
 
 EXECUTORS = ("local", "ray")
 TRAINED_ADAPTER = "trained"
@@ -301,7 +302,7 @@ def run_config(run_dir: Path, overrides: Sequence[str] = ()) -> Config:
             f"{run_dir} is not a training run directory (no config.json); "
             "pass the run directory that retro-ray train printed"
         )
-    return load_config(path, list(overrides))
+    return load_run_config(path, list(overrides))
 
 
 def trained_version(cfg: Config, run_dir: Path) -> tuple[Any, int]:

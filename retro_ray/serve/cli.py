@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from retro_ray.config import load_config
+from retro_ray.run_config import load_run_config
 
 
 def add_serve_parsers(sub: argparse._SubParsersAction, add_config_args: Any) -> None:
@@ -33,7 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     from retro_ray.serve.guard import serve_token_sha256
     from retro_ray.serve.launch import start, stop
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_run_config(args.config, args.set)
     if not args.insecure:  # refuse an open non-loopback bind before anything starts
         serve_token_sha256(cfg.serve.host, cfg.serve.api_key_env)
     ray.init(num_cpus=args.num_cpus, include_dashboard=False)

@@ -20,11 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from retro_ray.config import Config, load_config
+from retro_ray.config import Config
 from retro_ray.evaluation.conditions import conditions_for, model_identity
 from retro_ray.evaluation.play import Clients, play_and_tabulate
 from retro_ray.llm.base import LLMClient
 from retro_ray.rollout.experience import ExperienceLog
+from retro_ray.run_config import load_run_config
 from retro_ray.zoo.recipes import ENVS
 
 AGENTS = ("react", "vague", "reflexion", "trajectory-oracle", "ground-truth-oracle")
@@ -49,7 +50,7 @@ def family_config(
         f"run.seed={seed}",
     ]
     overrides += [f"env.options.{k}={v}" for k, v in (options or {}).items()]
-    return load_config(None, overrides)
+    return load_run_config(None, overrides)
 
 
 def evaluate_reflections(
