@@ -448,3 +448,19 @@ def test_masked_reductions_ignore_nan_outside_mask() -> None:
     assert masked_mean(x, m).item() == 1.0
     aggregate(x, m).backward()
     assert x.grad is not None and x.grad.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_the_package_names_resolve_to_their_modules_definitions() -> None:
+    """``retro_ray.algo`` loads its modules on first use: each public name is the object its
+    module defines, whatever was loaded first, and the loss settings are the config's."""
+    import importlib
+
+    import retro_ray.algo as algo
+    from retro_ray import config
+
+    importlib.import_module("retro_ray.algo.losses")  # loads aggregation as a submodule first
+    assert set(algo.__all__) == set(algo._MODULE_OF)
+    for name, module in algo._MODULE_OF.items():
+        defined = getattr(importlib.import_module(f"retro_ray.algo.{module}"), name)
+        assert getattr(algo, name) is defined, name
+    assert algo.PolicyLossConfig is config.PolicyLossConfig and algo.AggMode is config.AggMode

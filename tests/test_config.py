@@ -96,10 +96,12 @@ def test_the_config_checks_its_sections_and_the_run_loader_the_environment() -> 
             load(None, ["trials.max_trials=0"])
 
 
-def test_loading_a_config_imports_no_environment() -> None:
+def test_loading_a_config_imports_no_environment_and_no_torch() -> None:
+    """The config sits low: it reads the loss settings from ``retro_ray.algo.loss_config``
+    without loading torch (the algo package loads its torch modules on first use)."""
     code = (
         "import sys; from retro_ray.config import load_config; load_config(None, []); "
-        "print(sorted(m for m in sys.modules if m.startswith('retro_ray.envs')))"
+        "print(sorted(m for m in sys.modules if m.startswith(('retro_ray.envs', 'torch'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -67,7 +67,7 @@ class ReflectionBatch:
         """Split the rows into ``n`` micro-batches of near-equal size (for gradient accumulation).
 
         Normalise every micro-batch by the whole step's count (see
-        :func:`~retro_ray.algo.aggregate.aggregate`), not by its own.
+        :func:`~retro_ray.algo.aggregation.aggregate`), not by its own.
         """
         if not 1 <= n <= self.batch_size:
             raise ValueError(f"cannot split a batch of {self.batch_size} rows into {n} parts")

@@ -3,7 +3,7 @@ r"""Policy-gradient losses, KL penalties and loss aggregation (pure torch).
 All per-token tensors are (B, T), aligned with the batch's ``input_ids`` (see
 :mod:`retro_ray.algo.logprobs`), and ``mask`` (B, T) is 1 on reflection tokens. Losses are
 registered by name (``POLICY_LOSSES``), as in verl's ``core_algos``; KL estimators live in
-:mod:`retro_ray.algo.kl` and aggregation in :mod:`retro_ray.algo.aggregate`. The objective
+:mod:`retro_ray.algo.kl` and aggregation in :mod:`retro_ray.algo.aggregation`. The objective
 minimised by :func:`policy_loss` is
 
 .. math::  L = \mathrm{agg}\big(\ell^{pg} + \beta_{KL}\,\mathrm{KL}(\pi\,\|\,\pi_{ref})
@@ -27,10 +27,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from retro_ray.algo.aggregate import aggregate
+from retro_ray.algo.aggregation import aggregate
 from retro_ray.algo.kl import kl_penalty
 from retro_ray.algo.logprobs import masked_mean
-from retro_ray.config import PolicyLossConfig as PolicyLossConfig  # re-exported by algo
+from retro_ray.algo.loss_config import PolicyLossConfig as PolicyLossConfig  # re-exported
 
 # ---------------------------------------------------------------------------------------------
 # Policy-gradient losses: (B, T) token losses and (B, T) detached diagnostics
@@ -156,7 +156,7 @@ def policy_loss(
         ref_logprobs: (B, T) log pi_ref (needed when ``config.kl_coef > 0``).
         entropy: (B, T) per-token entropy with grad (needed when ``config.entropy_coef > 0``).
         config: loss name, clipping, coefficients, aggregation mode (None: defaults).
-        normalizer: global normaliser of :func:`~retro_ray.algo.aggregate.aggregate` (None: local).
+        normalizer: global normaliser of :func:`~retro_ray.algo.aggregation.aggregate` (None: local).
 
     Returns:
         The scalar loss, and float metrics (token means over the local mask; ``loss`` and

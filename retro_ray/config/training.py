@@ -6,43 +6,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+# The loss settings live with the math that reads them; the config tree declares and checks them.
+from retro_ray.algo.loss_config import AggMode as AggMode
+from retro_ray.algo.loss_config import PolicyLossConfig as PolicyLossConfig
 from retro_ray.config.checks import in_range, positive, require
 
-AggMode = Literal["token_sum_norm", "seq_mean_token_mean", "seq_mean_token_sum"]
 
-
-@dataclass(frozen=True)
-class PolicyLossConfig:
-    """Settings of the policy-gradient loss (``retro_ray.algo.losses.policy_loss``)."""
-
-    name: str = "ppo_clip"
-    """Registered policy loss: ``reinforce``, ``ppo_clip`` or ``rwr``."""
-    clip_eps_low: float = 0.2
-    """``ppo_clip``: the ratio is clipped below at ``1 - clip_eps_low``."""
-    clip_eps_high: float = 0.2
-    """``ppo_clip``: the ratio is clipped above at ``1 + clip_eps_high`` (may exceed eps low)."""
-    rwr_weight: Literal["exp", "advantage"] = "exp"
-    """``rwr``: ``exp`` is w = min(exp(A / rwr_beta), rwr_max_weight) >= 0 (AWR); ``advantage`` is
-    w = A, which equals ``reinforce``."""
-    rwr_beta: float = 1.0
-    """``rwr``: temperature of the exponential weight."""
-    rwr_max_weight: float = 20.0
-    """``rwr``: cap on the exponential weight (bounds the variance)."""
-    kl_kind: str = "k3"
-    """Registered KL estimator for the penalty to the reference policy."""
-    kl_coef: float = 0.0
-    """Weight of the KL penalty (0 disables it; then ``ref_logprobs`` is not needed)."""
-    entropy_coef: float = 0.0
-    """Weight of the entropy bonus (0 disables it; then ``entropy`` is not needed)."""
-    agg_mode: AggMode = "token_sum_norm"
-    """How token losses become a scalar; see ``retro_ray.algo.aggregate``."""
-
-    def validate(self, key: str) -> None:
-        in_range(self.clip_eps_low, f"{key}.clip_eps_low", 0.0, 1.0)
-        require(self.clip_eps_high >= 0, f"{key}.clip_eps_high", self.clip_eps_high, ">= 0")
-        positive(self.rwr_beta, f"{key}.rwr_beta")
-        require(self.kl_coef >= 0, f"{key}.kl_coef", self.kl_coef, "a number >= 0")
-        require(self.entropy_coef >= 0, f"{key}.entropy_coef", self.entropy_coef, ">= 0")
+def check_policy_loss(loss: PolicyLossConfig, key: str) -> None:
+    """The loss settings' ranges (the class lives with the math, ``retro_ray.algo.loss_config``,
+    which imports nothing of the config; the checks that name the key live here)."""
+    in_range(loss.clip_eps_low, f"{key}.clip_eps_low", 0.0, 1.0)
+    require(loss.clip_eps_high >= 0, f"{key}.clip_eps_high", loss.clip_eps_high, ">= 0")
+    positive(loss.rwr_beta, f"{key}.rwr_beta")
+    require(loss.kl_coef >= 0, f"{key}.kl_coef", loss.kl_coef, "a number >= 0")
+    require(loss.entropy_coef >= 0, f"{key}.entropy_coef", loss.entropy_coef, ">= 0")
 
 
 @dataclass(frozen=True)
@@ -114,7 +91,7 @@ class LearnerConfig:
 
     def validate(self, key: str) -> None:
         self.lora.validate(f"{key}.lora")
-        self.loss.validate(f"{key}.loss")
+        check_policy_loss(self.loss, f"{key}.loss")
         positive(self.lr, f"{key}.lr")
         positive(self.max_grad_norm, f"{key}.max_grad_norm")
         positive(self.micro_batch_size, f"{key}.micro_batch_size")

@@ -8,17 +8,13 @@ constant). A per-piece mean would weight pieces by the inverse of their token co
 
 from __future__ import annotations
 
-import typing
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from retro_ray.algo.logprobs import masked_mean, masked_sum
-from retro_ray.config import AggMode as AggMode  # the config tree declares the modes (re-exported)
-
-AGG_MODES: tuple[str, ...] = typing.get_args(AggMode)
-
+from retro_ray.algo.loss_config import AGG_MODES, AggMode  # declared with the loss settings
 
 # ---------------------------------------------------------------------------------------------
 # Aggregation with an explicit, global normaliser
