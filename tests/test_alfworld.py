@@ -2,7 +2,7 @@
 traps (``put`` vs ``move``, ``won`` vs ``done``), invalid actions, the step limit, the reference
 policies and the reflectors.
 
-Reads ``../shared/data/alfworld/valid_unseen.tgz``. Every reset parses a game's PDDL (about half
+Reads ``../shared/data/alfworld/valid_unseen.tgz`` (``tests/support/shared_data.py``). Every reset parses a game's PDDL (about half
 a second, more on a busy machine), so the games played here are a handful; the full 134-game
 expert check is ``retro-ray env play alfworld --policy expert --tasks 134``. The tests that play
 skip when the ``alfworld`` package is missing, unless ``RETRO_RAY_REQUIRE_EXTRAS`` names the
@@ -15,6 +15,7 @@ import dataclasses
 import io
 import random
 import re
+import shutil
 import sys
 import tarfile
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from retro_ray.envs.base import Step, Task, Trajectory
+from retro_ray.envs.base import Step, Task, Trajectory, split_of
 from retro_ray.envs.benchmarks import alfworld_data
 from retro_ray.envs.benchmarks.alfworld_data import (
     AlfworldDataError,
@@ -33,8 +34,9 @@ from retro_ray.envs.benchmarks.alfworld_data import (
 )
 from retro_ray.envs.builtin.common import EPISODE_OVER, STEP_LIMIT_NOTE
 from tests.support.extras import require_alfworld
+from tests.support.shared_data import ALFWORLD
 
-VALID_UNSEEN = default_data_path() / "valid_unseen.tgz"
+VALID_UNSEEN = ALFWORLD / "valid_unseen.tgz"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,47 @@ def test_splits_follow_the_split_folder() -> None:
     train = [split_for(f"train/pick_and_place_simple-X-None-Y-{i}/trial_1") for i in range(2000)]
     assert set(train) == {"train", "validation"}
     assert 0.05 < train.count("validation") / len(train) < 0.15
+
+
+@pytest.fixture(scope="module")
+def seen_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``json_2.1.1/valid_seen`` made from the evaluation archive (its 134 games, renamed)."""
+    root = tmp_path_factory.mktemp("alfworld_data")
+    with tarfile.open(VALID_UNSEEN) as tar:
+        tar.extractall(root, filter="data")
+    (root / "json_2.1.1" / "valid_unseen").rename(root / "json_2.1.1" / "valid_seen")
+    return root / "json_2.1.1" / "valid_seen"
+
+
+def test_a_split_folder_counts_wherever_data_points(seen_copy: Path, tmp_path: Path) -> None:
+    """``--data json_2.1.1/valid_seen`` once gave hash splits (the split folder was read from the
+    ids below the data path): now the folder's own name decides, at any depth."""
+    task = next(p for p in seen_copy.iterdir() if p.is_dir())
+    for data in (seen_copy, seen_copy.parent, task):
+        refs = index_games(data)
+        assert {r.split for r in refs} == {"validation"}, data
+        assert all(r.task_id.startswith("valid_seen/") for r in refs)
+    assert len(index_games(seen_copy)) == 134
+    ids = {r.task_id for r in index_games(task)}
+    assert ids <= {r.task_id for r in index_games(seen_copy.parent)}  # the same ids
+    unseen = tmp_path / "valid_unseen"
+    shutil.copytree(task, unseen / task.name)
+    assert {r.split for r in index_games(unseen)} == {"test"}
+    custom = tmp_path / "mine" / "games"  # no split folder: ids below the data path, hashed
+    shutil.copytree(task, custom / task.name)
+    refs = index_games(custom)
+    assert {r.task_id for r in refs} == {i.replace("valid_seen/", "", 1) for i in ids}
+    assert all(r.split == split_of(r.task_id) for r in refs)
+
+
+def test_the_default_is_alfworlds_own_data_folder(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ALFWORLD_DATA", str(tmp_path / "alf"))
+    assert default_data_path() == tmp_path / "alf" / "json_2.1.1"
+    with pytest.raises(AlfworldDataError, match=r"run `retro-ray data fetch alfworld`"):
+        index_games(None)
+    monkeypatch.delenv("ALFWORLD_DATA")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert default_data_path() == tmp_path / ".cache" / "alfworld" / "json_2.1.1"
 
 
 def test_unpacking_is_idempotent_and_leaves_stubs_in_the_copy(tmp_path: Path, monkeypatch) -> None:

@@ -1,8 +1,8 @@
 """The HotPotQA environment: the three data layouts, the ReAct tools over the local docstore, the
 official answer metrics, the splits, the reference policies and the reflectors.
 
-Reads the project's data in ``../shared/data/hotpotqa/``; small hand-written files for the official
-layout and the malformed cases.
+Reads the project's shared data (``../shared/data/hotpotqa/``, ``tests/support/shared_data.py``);
+small hand-written files for the official layout and the malformed cases.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from retro_ray.envs.benchmarks.hotpotqa import (
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQADataError, default_data_path
 from retro_ray.envs.registry import make_env
 from tests.support.episodes import play
+from tests.support.shared_data import HOTPOTQA as DATA
 
-DATA = default_data_path().parent
 REFLEXION = DATA / "reflexion_distractor_100.json"
 IRCOT = DATA / "ircot_dev_subsample.jsonl"
 
@@ -73,15 +73,28 @@ def env(official_file: Path) -> HotpotQAEnv:
 # ---- data -----------------------------------------------------------------------------------------
 
 
-def test_reflexion_file_is_the_default_and_all_test() -> None:
-    env = make_env("hotpotqa")
+def test_reflexion_file_is_all_test() -> None:
+    env = make_env("hotpotqa", data_path=str(REFLEXION))
     assert env.data.layout == "reflexion" and len(env.data.questions) == 100
     tasks = env.tasks("test", 1000)
     assert len(tasks) == 100 and tasks[0].task_id == "5a7613c15542994ccc9186bf"
     with pytest.raises(ValueError, match=r"holds no train questions.*ircot"):
         env.tasks("train", 5)
-    hashed = make_env("hotpotqa", {"split_rule": "hash"})
+    hashed = make_env("hotpotqa", {"split_rule": "hash"}, data_path=str(DATA))  # a folder
     assert {t.split for t in hashed.tasks("train", 5)} == {"train"}
+
+
+def test_the_default_is_the_fetched_dev_set(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Nothing outside the checkout: the default is the cache that `retro-ray data fetch
+    hotpotqa` fills, and without it the error says how to fill it."""
+    monkeypatch.setenv("RETRO_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert default_data_path() == tmp_path / "cache/data/hotpotqa/hotpot_dev_distractor_v1.json"
+    assert main(["env", "play", "hotpotqa", "--json"]) == EXIT_CONFIG
+    assert "run `retro-ray data fetch hotpotqa`" in capsys.readouterr().err
+    default_data_path().parent.mkdir(parents=True)
+    default_data_path().write_text(json.dumps(OFFICIAL))
+    assert make_env("hotpotqa").data.layout == "official"
 
 
 def test_ircot_file_loads_with_hash_splits() -> None:
@@ -150,7 +163,7 @@ def test_missing_data_is_a_clear_cli_error(tmp_path: Path, capsys, monkeypatch) 
     missing = tmp_path / "nowhere.json"
     assert main(["env", "play", "hotpotqa", "--data", str(missing), "--json"]) == EXIT_CONFIG
     assert f"HotPotQA data file {missing} does not exist" in capsys.readouterr().err
-    with pytest.raises(HotpotQADataError, match=r"folder without reflexion_distractor_100\.json"):
+    with pytest.raises(HotpotQADataError, match=r"folder without .*reflexion_distractor_100\.json"):
         make_env("hotpotqa", data_path=str(tmp_path))
 
 
@@ -221,7 +234,7 @@ def test_step_limit_ends_the_episode(official_file: Path) -> None:
 
 
 def test_expert_solves_the_100_questions_and_random_does_not() -> None:
-    env = make_env("hotpotqa")
+    env = make_env("hotpotqa", data_path=str(REFLEXION))
     tasks = env.tasks("test", 100)
     assert run_policy(env, tasks, lambda e: e.expert_action()) == (1.0, 1.0)
     rng = random.Random(0)
@@ -231,7 +244,8 @@ def test_expert_solves_the_100_questions_and_random_does_not() -> None:
 
 def test_cli_plays_the_100_questions(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert main(["env", "play", "hotpotqa", "--policy", "expert", "--tasks", "100", "--json"]) == 0
+    args = ["env", "play", "hotpotqa", "--data", str(REFLEXION), "--policy", "expert"]
+    assert main([*args, "--tasks", "100", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["tasks"] == 100 and result["success_rate"] == 1.0
 

@@ -6,9 +6,16 @@ A game is one ``game.tw-pddl`` file (JSON: ``pddl_domain``, ``grammar``, ``pddl_
 Those three folder names are the task id, so an archive and its unpacked copy give the same ids.
 
 ``data_path`` may be a folder of games (searched recursively; read in place, never written to), a
-``.tgz`` archive of games, or a folder of such archives (the default: ``../shared/data/alfworld/``
-beside the repository, holding ``valid_unseen.tgz`` and ``train.tgz``). Archives are listed without
-unpacking; one is unpacked, once, only when one of its games is played (see ``unpack``).
+``.tgz`` archive of games, or a folder of such archives. The default is ALFWorld's own data folder,
+``$ALFWORLD_DATA/json_2.1.1`` (``~/.cache/alfworld/json_2.1.1`` when the variable is unset, the
+rule of the ``alfworld`` package itself), where ``retro-ray data fetch alfworld`` and
+``alfworld-download`` put the game files. Archives are listed without unpacking; one is unpacked,
+once, only when one of its games is played (see ``unpack``).
+
+Task ids of a folder: a split folder (``train``, ``valid_seen``, ``valid_unseen``) three levels
+above a game file counts wherever ``data_path`` points (``json_2.1.1``, ``json_2.1.1/valid_seen``
+or one task folder inside it all give ``valid_seen/<task>/<trial>``); other layouts are named by
+their folders below ``data_path``.
 
 Splits, by the split folder of the task id:
 
@@ -35,6 +42,10 @@ from retro_ray.envs.base import split_of
 
 GAME_FILE = "game.tw-pddl"
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz")
+GAMES_FOLDER = "json_2.1.1"
+"""The folder of ALFWorld's game files inside its data folder (``$ALFWORLD_DATA``)."""
+SPLIT_FOLDERS = {"valid_unseen": "test", "valid_seen": "validation", "train": "train"}
+"""ALFWorld's split folders and the split each maps to (``train`` also gives ``validation``)."""
 TASK_TYPES = (
     "pick_and_place_simple",
     "look_at_obj_in_light",
@@ -66,9 +77,18 @@ class GameRef:
         return kind if kind in TASK_TYPES else ""
 
 
+def alfworld_data_root() -> Path:
+    """ALFWorld's data folder by the ``alfworld`` package's own rule: ``$ALFWORLD_DATA``, else
+    ``~/.cache/alfworld`` (so data fetched by either tool serves both)."""
+    if env := os.environ.get("ALFWORLD_DATA"):
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "alfworld"
+
+
 def default_data_path() -> Path:
-    """``../shared/data/alfworld/`` beside the repository checkout: where the project's data lives."""
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data" / "alfworld"
+    """``<ALFWorld data folder>/json_2.1.1``: where ``retro-ray data fetch alfworld`` puts the
+    games."""
+    return alfworld_data_root() / GAMES_FOLDER
 
 
 def cache_root() -> Path:
@@ -79,14 +99,22 @@ def cache_root() -> Path:
 
 
 def split_for(task_id: str) -> str:
-    folder = task_id.split("/")[0]
-    if folder == "valid_unseen":
-        return "test"
-    if folder == "valid_seen":
-        return "validation"
-    if folder == "train":
+    split = SPLIT_FOLDERS.get(task_id.split("/")[0])
+    if split is None:
+        return split_of(task_id)
+    if split == "train":
         return "validation" if split_of(task_id) == "validation" else "train"
-    return split_of(task_id)
+    return split
+
+
+def folder_task_id(game: Path, root: Path) -> str:
+    """The task id of ``game`` (a file under the folder ``root``): its last three folders when the
+    first of them is an ALFWorld split folder, even above ``root``; otherwise its folders below
+    ``root``, so a custom layout's ids do not depend on where the folder lives."""
+    absolute = task_id_of(game)
+    if absolute.split("/")[0] in SPLIT_FOLDERS:
+        return absolute
+    return task_id_of(game.relative_to(root))
 
 
 def task_id_of(member: str | Path) -> str:
@@ -98,10 +126,17 @@ def index_games(data_path: str | os.PathLike[str] | None) -> tuple[GameRef, ...]
     """Every game under ``data_path`` (see the module docstring), sorted by task id."""
     path = Path(data_path).expanduser() if data_path is not None else default_data_path()
     if not path.exists():
-        where = "the default path " if data_path is None else ""
+        if data_path is None:
+            raise AlfworldDataError(
+                f"no ALFWorld data at the default path {path}: run `retro-ray data fetch "
+                "alfworld` (ALFWorld's game files into $ALFWORLD_DATA, else ~/.cache/alfworld), "
+                f"or pass --data PATH (env.data_path): a folder of {GAME_FILE} games, a .tgz "
+                "archive of them, or a folder of such archives"
+            )
         raise AlfworldDataError(
-            f"no ALFWorld data at {where}{path}; pass --data (env.data_path): a folder of "
-            f"{GAME_FILE} games, a .tgz archive of them, or a folder of such archives"
+            f"no ALFWorld data at {path}; pass --data (env.data_path): a folder of "
+            f"{GAME_FILE} games, a .tgz archive of them, or a folder of such archives (or run "
+            "`retro-ray data fetch alfworld` and drop --data)"
         )
     path = path.resolve()
     stat = path.stat()
@@ -118,7 +153,7 @@ def _index(path: Path, mtime_ns: int, size: int) -> tuple[GameRef, ...]:
             )
         refs = _archive_games(path)
     elif any(path.rglob(GAME_FILE)):
-        refs = [_ref(str(f.relative_to(path)), path) for f in path.rglob(GAME_FILE)]
+        refs = [_folder_ref(f, path) for f in path.rglob(GAME_FILE)]
     else:
         archives = sorted(p for p in path.iterdir() if p.name.endswith(ARCHIVE_SUFFIXES))
         if not archives:
@@ -139,6 +174,12 @@ def _index(path: Path, mtime_ns: int, size: int) -> tuple[GameRef, ...]:
 def _ref(member: str, source: Path) -> GameRef:
     task_id = task_id_of(member)
     return GameRef(task_id=task_id, split=split_for(task_id), source=source, member=member)
+
+
+def _folder_ref(game: Path, root: Path) -> GameRef:
+    task_id = folder_task_id(game, root)
+    member = str(game.relative_to(root))
+    return GameRef(task_id=task_id, split=split_for(task_id), source=root, member=member)
 
 
 def _archive_games(archive: Path) -> list[GameRef]:

@@ -11,6 +11,12 @@ Supported layouts, told apart by their shape (not by the file name):
 * ``ircot``: IRCoT's processed subsample, JSON lines of ``{question_id, question_text,
   answers_objects: [{spans: [...]}], contexts: [{title, paragraph_text, is_supporting}]}``.
 
+Where the data comes from: ``retro-ray data fetch hotpotqa`` downloads HotPotQA's dev set in the
+distractor setting (``hotpot_dev_distractor_v1.json``, 7,405 questions, official layout) from the
+HotPotQA project into ``data_dir()`` (``$RETRO_RAY_CACHE/data/hotpotqa``, else
+``~/.cache/retro_ray/data/hotpotqa``): that file is the default. Any other file is read with
+``--data PATH`` (``env.data_path``).
+
 Splits. The ``reflexion`` file is the papers' evaluation set, so every question in it belongs to
 the ``test`` split (``fixed_split``): asking it for ``train`` questions is an error rather than a
 silent leak of evaluation questions into training. The other layouts have no fixed role, so their
@@ -28,7 +34,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-DEFAULT_FILE = "reflexion_distractor_100.json"
+OFFICIAL_DEV_FILE = "hotpot_dev_distractor_v1.json"
+"""HotPotQA's dev set, distractor setting: what ``retro-ray data fetch hotpotqa`` downloads."""
+REFLEXION_FILE = "reflexion_distractor_100.json"
+"""The 100-question evaluation sample of Reflexion and Retroformer (all ``test``)."""
+FOLDER_FILES = (OFFICIAL_DEV_FILE, REFLEXION_FILE)
+"""The files looked for, in this order, when ``--data`` names a folder."""
 FIXED_SPLITS = {"reflexion": "test", "official": None, "ircot": None}
 """The split every question of a layout belongs to; None: split by a hash of the question id."""
 
@@ -64,29 +75,41 @@ class HotpotQAData:
         return FIXED_SPLITS[self.layout]
 
 
+def data_dir() -> Path:
+    """Where ``retro-ray data fetch hotpotqa`` puts the data: ``$RETRO_RAY_CACHE/data/hotpotqa``,
+    else ``~/.cache/retro_ray/data/hotpotqa``."""
+    if env := os.environ.get("RETRO_RAY_CACHE"):
+        return Path(env).expanduser() / "data" / "hotpotqa"
+    return Path.home() / ".cache" / "retro_ray" / "data" / "hotpotqa"
+
+
 def default_data_path() -> Path:
-    """``../shared/data/hotpotqa/`` beside the repository checkout: where the project's data lives."""
-    return (
-        Path(__file__).resolve().parents[3].parent / "shared" / "data" / "hotpotqa" / DEFAULT_FILE
-    )
+    """The fetched dev set, ``data_dir()/hotpot_dev_distractor_v1.json``."""
+    return data_dir() / OFFICIAL_DEV_FILE
 
 
 def resolve_data_path(data_path: str | os.PathLike[str] | None) -> Path:
-    """The file to read: the given file, ``DEFAULT_FILE`` inside a given folder, or the default."""
+    """The file to read: the given file, the first of ``FOLDER_FILES`` inside a given folder, or
+    the default."""
     if data_path is None:
         path = default_data_path()
         if not path.is_file():
             raise HotpotQADataError(
-                f"no HotPotQA data at the default path {path}; pass a question file with "
-                "--data PATH (or env.data_path): the Reflexion 100-question JSON, an official "
-                "HotPotQA distractor JSON or an IRCoT JSONL file (see docs/benchmarks.md)"
+                f"no HotPotQA data at the default path {path}: run `retro-ray data fetch "
+                "hotpotqa` (HotPotQA's dev set, distractor setting, from the HotPotQA project), "
+                "or pass a question file with --data PATH (or env.data_path): an official "
+                "HotPotQA distractor JSON, the Reflexion 100-question JSON or an IRCoT JSONL "
+                "file (see docs/benchmarks.md)"
             )
         return path
     path = Path(data_path).expanduser()
     if path.is_dir():
-        if (path / DEFAULT_FILE).is_file():
-            return path / DEFAULT_FILE
-        raise HotpotQADataError(f"{path} is a folder without {DEFAULT_FILE}; name the file itself")
+        for name in FOLDER_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise HotpotQADataError(
+            f"{path} is a folder without {' or '.join(FOLDER_FILES)}; name the file itself"
+        )
     if not path.is_file():
         raise HotpotQADataError(f"HotPotQA data file {path} does not exist")
     return path
