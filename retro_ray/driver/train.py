@@ -55,18 +55,24 @@ def log(message: str) -> None:
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster of a submitted job (RAY_ADDRESS) or a running session; else start a
-    local one with logical CPUs declared (2-core machines deadlock on real CPU accounting) and
-    the dashboard: users watch it, and Ray Train's placement-group cleaner polls the state API
-    it serves (without it the cleaner warns every few seconds)."""
+    """Join the cluster named by ``RAY_ADDRESS`` (a submitted job has it; ``auto`` joins a
+    ``ray start`` cluster of this machine); else start a private local one, even when another
+    Ray runs on this machine (Ray would otherwise join that one and refuse ``num_cpus``), with
+    logical CPUs declared (2-core machines deadlock on real CPU accounting) and the dashboard:
+    users watch it, and Ray Train's placement-group cleaner polls the state API it serves
+    (without it the cleaner warns every few seconds)."""
     import ray
 
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
+    if joins_cluster():
         ray.init(address=os.environ["RAY_ADDRESS"])
     else:
-        ray.init(num_cpus=num_cpus or 8, include_dashboard=True)
+        ray.init(address="local", num_cpus=num_cpus or 8, include_dashboard=True)
+
+
+def joins_cluster() -> bool:
+    return os.environ.get("RAY_ADDRESS", "local") not in ("", "local")
 
 
 def cluster_cpus() -> int:
@@ -74,7 +80,7 @@ def cluster_cpus() -> int:
     cluster's, else this machine's (a local cluster declares more logical CPUs than it has)."""
     import ray
 
-    if os.environ.get("RAY_ADDRESS"):
+    if joins_cluster():
         return int(ray.cluster_resources().get("CPU", 0))
     return os.cpu_count() or 0
 
@@ -283,13 +289,13 @@ def run_train(cfg: Config) -> dict[str, Any]:
     check_online(cfg)
     from transformers import AutoTokenizer
 
+    from retro_ray.driver.gate import GateLog
     from retro_ray.learner.distributed import DistributedLearner
     from retro_ray.learner.metrics import LearnerGauges
     from retro_ray.learner.offline import group_batch, load_groups
     from retro_ray.learner.train_loop import RegistryTarget
     from retro_ray.rollout.pool import RolloutPool
     from retro_ray.serve import launch
-    from retro_ray.serve.gate import GateLog
 
     start = time.monotonic()
     cfg = resolve_models(cfg)
