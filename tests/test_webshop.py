@@ -4,12 +4,17 @@ a clear error when no server answers."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from retro_ray.agents.actors import ActorTurn
+from retro_ray.agents.prompts import ParsedAction
+from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.cli import EXIT_ENDPOINT, main
 from retro_ray.envs.base import Task
 from retro_ray.envs.benchmarks.webshop import WebShopEnv, WebShopOptions
@@ -196,3 +201,52 @@ def test_cli_reports_a_down_server_and_the_missing_expert(capsys, tmp_path, monk
         assert main([*args, "--policy", "random"]) == 0
         result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert result["tasks"] == 1 and 0.0 <= result["mean_return"] <= 1.0
+
+
+class Shopper:
+    """A scripted actor: searches, then opens the first product shown."""
+
+    async def act(self, env, trajectory, reflections, seed) -> ActorTurn:
+        if not trajectory.steps:
+            return ActorTurn(ParsedAction("action", "search[shirt]"))
+        return ActorTurn(ParsedAction("action", f"click[{env.clickables()[-1]}]"))
+
+
+def test_slow_server_does_not_block_the_other_episodes() -> None:
+    """WebShop's HTTP calls run off the event loop: while one episode waits on the server the
+    loop keeps running the others (and anything else on it)."""
+    assert WebShopEnv.blocking_io
+    with WebShopTestServer(delay_s=0.3) as slow:
+        loop = TrialLoop(
+            lambda: make_env("webshop", {"base_url": slow.url, "retries": 0}),
+            Shopper(),
+            None,
+            max_trials=1,
+            max_steps=2,
+        )
+
+        async def main() -> tuple[float, float, list]:
+            gaps: list[float] = []
+            stop = asyncio.Event()
+
+            async def ticker() -> None:
+                last = time.monotonic()
+                while not stop.is_set():
+                    await asyncio.sleep(0.01)
+                    now = time.monotonic()
+                    gaps.append(now - last)
+                    last = now
+
+            ticking = asyncio.create_task(ticker())
+            start = time.monotonic()
+            results = await loop.run_tasks([goal(0), goal(1), goal(0)], concurrency=3)
+            wall = time.monotonic() - start
+            stop.set()
+            await ticking
+            return wall, max(gaps), results
+
+        wall, worst_gap, results = asyncio.run(main())
+    assert all(len(r.trials[0].trajectory) > 0 for r in results)
+    requests = 3 * 3  # reset, search, click per episode, 0.3 s each
+    assert wall < requests * 0.3 * 0.6, f"episodes waited on each other: {wall:.2f}s"
+    assert worst_gap < 0.2, f"the event loop was blocked for {worst_gap:.2f}s"

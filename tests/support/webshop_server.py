@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 import urllib.parse
 from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -191,15 +192,18 @@ def done_page(goal: dict[str, Any], asin: str, options: dict[str, str], score: f
 
 class WebShopTestServer:
     """``with WebShopTestServer() as server:`` serves at ``server.url``; ``server.paths`` logs
-    every requested path (decoded), ``server.sessions`` the goal index of each session."""
+    every requested path (decoded), ``server.sessions`` the goal index of each session;
+    ``delay_s`` slows every answer down."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.paths: list[str] = []
         self.sessions: dict[str, int] = {}
+        self.delay_s = delay_s  # added to every answer: a slow catalogue server
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                time.sleep(outer.delay_s)
                 raw = urllib.parse.urlsplit(self.path).path
                 outer.paths.append(urllib.parse.unquote(raw))
                 try:

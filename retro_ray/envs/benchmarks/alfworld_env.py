@@ -81,6 +81,9 @@ class AlfworldOptions:
 
 _IDLE_ENGINES: list[Any] = []
 _POOL_LOCK = threading.Lock()
+_PLAY_LOCK = threading.Lock()
+"""Held by every reset and step when the trial loop runs them in threads (``io_lock``): the PDDL
+translator keeps global state and rewrites ``sys.argv``, so one game is played at a time."""
 
 
 def _textworld() -> tuple[Any, Any]:
@@ -126,6 +129,8 @@ def _release(engine: Any) -> None:
 class AlfworldEnv(BenchmarkEnv):
     name = "alfworld"
     Options = AlfworldOptions
+    blocking_io = True  # game files and PDDL parsing: off the event loop (see agents.trial_loop)
+    io_lock = _PLAY_LOCK
 
     def __init__(self, options: AlfworldOptions | None = None, data_path: str | None = None):
         _textworld()  # fail now, with the install hint, rather than at the first reset

@@ -78,6 +78,7 @@ class WebShopOptions:
 class WebShopEnv(BenchmarkEnv):
     name = "webshop"
     Options = WebShopOptions
+    blocking_io = True  # HTTP requests with retry sleeps: off the event loop (agents.trial_loop)
 
     def __init__(self, options: WebShopOptions | None = None, data_path: str | None = None):
         if data_path is not None:
