@@ -28,11 +28,12 @@ from retro_ray.agents.actors import LLMActor
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.config import LearnerConfig, ReflectorConfig, TrainConfig
 from retro_ray.envs.registry import make_env
-from retro_ray.learner.groups import FailedTrial, GroupRunner
 from retro_ray.learner.local import LocalRetroformer
 from retro_ray.learner.policy import ReflectorPolicy
 from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.torch_backend import TorchBackend
+from retro_ray.reflection.groups import FailedTrial
+from retro_ray.rollout.branching import GroupRunner
 from retro_ray.run_config import load_run_config
 
 ENVS = ("lookup", "household", "shop")

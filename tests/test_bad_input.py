@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from retro_ray.agents.prompts import reflection_prompt
 from retro_ray.config import load_config
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.openai_client import OpenAIClient
+from retro_ray.reflection.prompt import reflection_prompt
 from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
 from retro_ray.rollout.experience import (
     SCHEMA,

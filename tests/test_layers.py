@@ -18,7 +18,8 @@ top-level module (``cli``, ``aio``...). The layers, bottom to top::
     llm                       LLM clients and engines
     envs                      environments, the environment registry
     run_config                the loader above config and envs (checks env.name and options)
-    reflection_prompt         the reflection prompt: agents, rollout, zoo and serving share it
+    reflection                the reflection prompt and the reflection groups (plain data):
+                              agents, rollout, learner, zoo and serving share them
     agents                    actors, reflectors, the trial loop
     rollout | learner         collection and its branching rule | group-to-batch and the update
     evaluation                conditions, playing them, the table
@@ -51,6 +52,7 @@ PACKAGES = {
     "evaluation",
     "learner",
     "llm",
+    "reflection",
     "registry",
     "report",
     "rollout",
@@ -66,7 +68,7 @@ import any layer; only other commands import them."""
 LEAF_UTILITIES = {"aio", "durable", "safe_text", "stopping", "ray_cluster"}
 """Top-level helpers every layer may use: they import nothing of retro_ray."""
 
-SHARED = {"run_config", "reflection_prompt"}
+SHARED = {"run_config"}
 """Top-level modules in the middle of the stack (see the layers above): checked by the cycle
 test like the packages."""
 

@@ -1,4 +1,5 @@
-"""Prompt text of the actor and of the reflector, and the parser of the actor's output.
+"""Prompt text of the actor and the parser of its output (the reflection prompt, which serving
+shares, is ``retro_ray.reflection.prompt``).
 
 Prompts are compact on purpose: the embedded default's models are tiny and see a few hundred
 tokens. Real LLMs can get one expert demonstration per environment as a few-shot example
@@ -36,37 +37,6 @@ def actor_prompt(
     if so_far:
         parts.append(so_far)
     return "\n".join(parts) + "\n" + ACTION_PROMPT
-
-
-def reflection_prompt(
-    instruction: str,
-    trajectory: Trajectory,
-    earlier_reflections: Sequence[str],
-    trajectory_max_chars: int,
-) -> str:
-    """instruction, task, the failed trajectory and its return, earlier reflections, then the cue.
-
-    The task (first observation) is cut to ``trajectory_max_chars`` like the trajectory: an
-    environment whose first page is huge (a WebShop listing, a long document) must not push the
-    prompt past the reflector's context window."""
-    task = clip_head(trajectory.first_observation, trajectory_max_chars)
-    parts = [instruction, task, trajectory.render(trajectory_max_chars)]
-    parts.append(f"Return: {trajectory.score:.2f}")
-    if earlier_reflections:
-        parts.append("Earlier notes:\n" + "\n".join(f"- {r}" for r in earlier_reflections))
-    return "\n".join(parts) + "\nReflection:"
-
-
-def clip_head(text: str, max_chars: int) -> str:
-    """The first ``max_chars`` characters, ``...`` marking a cut (a task states its goal first)."""
-    if len(text) <= max_chars:
-        return text
-    return text[: max(0, max_chars - 3)] + "..."
-
-
-def clean_reflection(text: str, max_chars: int) -> str:
-    """One line of reflection: whitespace collapsed, cut to ``max_chars``."""
-    return " ".join(text.split())[:max_chars]
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from retro_ray.agents.prompts import clean_reflection, reflection_prompt
 from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import BenchmarkEnv
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams, seeded
+from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 
 
 @dataclass(frozen=True)

@@ -11,14 +11,23 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from retro_ray.algo import ReflectionBatch, compute_advantages
 from retro_ray.config import LearnerConfig, TrainConfig
-from retro_ray.learner.groups import FailedTrial, GroupRunner, ReflectionGroup
 from retro_ray.learner.policy import ReflectorPolicy
 from retro_ray.llm.base import SamplingParams
+from retro_ray.reflection.groups import FailedTrial, ReflectionGroup
+
+
+class GroupScorer(Protocol):
+    """Plays one next trial per reflection and fills each group's ``returns_after``: the
+    branching rule, which belongs to the rollouts (``retro_ray.rollout.branching.GroupRunner``);
+    the learner takes it as a parameter instead of importing it."""
+
+    async def score_groups(self, groups: Sequence[ReflectionGroup]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -35,7 +44,7 @@ class LocalRetroformer:
     def __init__(
         self,
         policy: ReflectorPolicy,
-        runner: GroupRunner,
+        runner: GroupScorer,
         learner: LearnerConfig,
         train: TrainConfig,
         max_tokens: int,

@@ -28,16 +28,23 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pyarrow as pa
 import torch
 
 from retro_ray.algo import ReflectionBatch, compute_advantages
 from retro_ray.config import LearnerConfig
-from retro_ray.rollout.experience import ExperienceLog
 
 OfflineLoss = Literal["auto", "ppo_clip", "rwr"]
+
+
+class ExperienceSource(Protocol):
+    """What the learner needs of an experience log: its rows as a table (the rollouts' Parquet
+    ``retro_ray.rollout.experience.ExperienceLog`` is one; the learner does not import it, so
+    that learner and rollout depend only on what lies below both)."""
+
+    def read(self, run_id: str | None = None) -> pa.Table: ...
 
 
 @dataclass(frozen=True)
@@ -57,13 +64,13 @@ class OfflineGroup:
 
 
 def load_groups(
-    log: ExperienceLog | pa.Table, run_id: str | None = None, min_size: int = 2
+    log: ExperienceSource | pa.Table, run_id: str | None = None, min_size: int = 2
 ) -> list[OfflineGroup]:
     """Groups of rewarded reflections, in a stable order (run, iteration, task, trial).
 
     Groups smaller than ``min_size`` are dropped: a lone reflection has no baseline to compare
     with (its advantage would be 0)."""
-    table = log.read(run_id) if isinstance(log, ExperienceLog) else log
+    table = log if isinstance(log, pa.Table) else log.read(run_id)
     rows = [
         r
         for r in table.to_pylist()

@@ -23,8 +23,8 @@ from typing import Any
 
 from retro_ray.learner.checkpoint import ADAPTER_DIR, read_state
 from retro_ray.learner.distributed import DistributedLearner
-from retro_ray.learner.groups import FailedTrial
 from retro_ray.learner.local import LocalRetroformer
+from retro_ray.reflection.groups import FailedTrial
 from retro_ray.registry import TRAIN_ALIAS
 
 

@@ -4,7 +4,7 @@ Two kinds of collection share this runner, the trial loop and the reflectors:
 
 - **Evaluation** (``react``, ``reflexion``, ``retroformer``, the oracles): ``TrialLoop.run_task``
   unchanged, one reflection per failed trial, no branching.
-- **Training** (mode ``train``), the Retroformer branching rule of DESIGN.md: at each failed trial
+- **Training** (mode ``train``), the Retroformer branching rule of docs/design.md: at each failed trial
   ``k`` of the main chain, ``m = train.group_size`` reflections are sampled from the ``train``
   adapter (temperature and top_p from ``train``, with token ids and log-probs); each gets exactly
   one trial ``k+1``, reward ``G(k+1) - G(k)``; the main chain continues with branch 0 (a sampled
@@ -37,9 +37,10 @@ from retro_ray.agents.results import TrialRecord
 from retro_ray.aio import gather_all
 from retro_ray.config import Config
 from retro_ray.envs.base import Task
-from retro_ray.learner.groups import FailedTrial, ReflectionGroup, play_branches
 from retro_ray.llm.base import Completion, LLMClient, RequestRejected, SamplingParams
+from retro_ray.reflection.groups import FailedTrial, ReflectionGroup
 from retro_ray.registry import TRAIN_ALIAS
+from retro_ray.rollout.branching import play_branches
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow, now_utc
 
 TRAIN_MODE = "train"

@@ -28,9 +28,9 @@ from ray import serve
 from ray.util import metrics
 from starlette.exceptions import HTTPException
 
-from retro_ray.agents.prompts import clean_reflection, reflection_prompt
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 from retro_ray.registry import AdapterRegistry
 from retro_ray.registry.validation import AdapterRejected, is_valid_model_name
 from retro_ray.serve.guard import ReplicaSettings, RequestGuard, make_engine

@@ -26,12 +26,7 @@ from tokenizers import Regex, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from retro_ray.agents.actors import ActorTurn
-from retro_ray.agents.prompts import (
-    ParsedAction,
-    actor_prompt,
-    clean_reflection,
-    reflection_prompt,
-)
+from retro_ray.agents.prompts import ParsedAction, actor_prompt
 from retro_ray.agents.reflectors import Reflection
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.config import ActorConfig, ReflectorConfig
@@ -39,6 +34,7 @@ from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import ScriptedActorEnv
 from retro_ray.envs.builtin.common import BuiltinEnv
 from retro_ray.envs.registry import make_env
+from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 from retro_ray.zoo.models import train_tokenizer
 from retro_ray.zoo.recipes import Recipe
 

@@ -1,49 +1,25 @@
-"""Reflection groups, measured: the Retroformer branching rule as plain asyncio code.
+"""The Retroformer branching rule as plain asyncio code: one next trial per reflection.
 
-For a failed trial k of a task, ``m`` reflections are sampled from the policy; each gets exactly
-one trial k+1 with the frozen actor, and its reward is ``G(k+1) - G(k)``. All ``m`` share the
-reflection prompt ``x`` and ``G(k)``, so a group baseline cancels ``G(k)``.
+For a failed trial k of a task, each of the ``m`` reflections sampled for it gets exactly one
+trial k+1 with the frozen actor, and its reward is ``G(k+1) - G(k)`` (the groups themselves are
+plain data, ``retro_ray.reflection.groups``). The rollout worker's training episodes branch with
+:func:`play_branches` (``retro_ray.rollout.episodes``); :class:`GroupRunner` plays first trials
+and scores sampled groups in one process (the learning proof).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from retro_ray.agents.prompts import clean_reflection, reflection_prompt
 from retro_ray.agents.results import TrialRecord
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.aio import gather_all
 from retro_ray.config import ReflectorConfig
 from retro_ray.envs.base import Task, TextEnv, Trajectory
-
-
-@dataclass(frozen=True)
-class FailedTrial:
-    """A failed trial of the main chain: what the reflector reads."""
-
-    task: Task
-    trajectory: Trajectory
-    memory: tuple[str, ...]  # reflections the actor saw in this trial
-    prompt: str  # the reflection prompt x
-
-    @property
-    def return_before(self) -> float:
-        return self.trajectory.score
-
-
-@dataclass
-class ReflectionGroup:
-    failed: FailedTrial
-    reflections: list[str]
-    returns_after: list[float] = field(default_factory=list)
-    token_ids: list[list[int]] = field(default_factory=list)  # from the sampler, per reflection
-    logprobs: list[list[float]] = field(default_factory=list)  # sampler's, per reflection token
-
-    @property
-    def rewards(self) -> list[float]:
-        return [g - self.failed.return_before for g in self.returns_after]
+from retro_ray.reflection.groups import FailedTrial, ReflectionGroup
+from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 
 
 @dataclass(frozen=True)
