@@ -171,7 +171,7 @@ def play_on_ray(
     split: str = "test",
 ) -> None:
     """Each condition's episodes over the rollout pool; one pool per condition."""
-    from retro_ray.driver.train import connect_ray
+    from retro_ray.ray_cluster import connect_ray
     from retro_ray.rollout.pool import RolloutPool
 
     connect_ray()
