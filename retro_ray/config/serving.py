@@ -86,7 +86,7 @@ class ServeConfig:
     target_ongoing_requests: float = 16.0
     """Autoscaling target of requests in flight per replica."""
     replica_cpus: float = 1.0
-    """Logical CPUs each replica reserves (fractional on small machines, see DESIGN.md)."""
+    """Logical CPUs each replica reserves (fractional on small machines, see docs/design.md)."""
     max_ongoing_requests: int = 64
     """Requests a replica takes at once before Serve queues them."""
     replica_gpus: float = 0.0

@@ -146,7 +146,7 @@ class RolloutConfig:
     Episodes wait on the LLM, so this can be far above the worker's CPU share."""
     num_cpus_per_worker: float = 0.25
     """Logical CPUs each worker reserves (fractional: workers mostly wait on HTTP; on 2 cores a
-    whole CPU each would starve the Serve replica and the learner, see DESIGN.md)."""
+    whole CPU each would starve the Serve replica and the learner, see docs/design.md)."""
     scheduling_strategy: Literal["SPREAD", "DEFAULT"] = "SPREAD"
     """Ray placement of the workers: ``SPREAD`` over the nodes of the cluster, or ``DEFAULT``."""
     max_restarts: int = 3
