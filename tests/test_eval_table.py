@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from retro_ray.evaluation.success import eval_episodes, success_by_trial
 from retro_ray.evaluation.table import agent_table, format_agent_table, paired_effect
-from retro_ray.report.data import eval_episodes, success_by_trial
 
 
 def rows(agent: str, seed: int, outcomes: dict[str, list[bool]], tokens: int = 10) -> list[dict]:

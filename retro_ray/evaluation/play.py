@@ -47,9 +47,9 @@ from retro_ray.evaluation.conditions import (
     eval_run_id,
     model_identity,
 )
+from retro_ray.evaluation.success import EVAL_COLUMNS
 from retro_ray.evaluation.table import agent_table
 from retro_ray.llm.base import LLMClient, PinnedAdapter
-from retro_ray.report.data import EVAL_COLUMNS
 from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
 from retro_ray.rollout.experience import ExperienceLog
 from retro_ray.run_config import load_run_config

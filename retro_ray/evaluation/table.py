@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from retro_ray.evaluation.conditions import split_label
-from retro_ray.report.data import eval_episodes, success_by_trial, tokens_per_task
+from retro_ray.evaluation.success import eval_episodes, success_by_trial, tokens_per_task
 
 BOOTSTRAP_SAMPLES = 2000
 Unit = tuple[int, str]
