@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -214,7 +213,10 @@ class Shopper:
 
 def test_slow_server_does_not_block_the_other_episodes() -> None:
     """WebShop's HTTP calls run off the event loop: while one episode waits on the server the
-    loop keeps running the others (and anything else on it)."""
+    loop keeps running the others (and anything else on it). Judged by what happened, not by
+    wall-clock bounds (they flaked on a loaded 2-core machine): the server held requests of
+    several episodes at once, and the loop ticked while the server held a request (a blocking
+    call on the loop thread would allow neither)."""
     assert WebShopEnv.blocking_io
     with WebShopTestServer(delay_s=0.3) as slow:
         loop = TrialLoop(
@@ -225,28 +227,23 @@ def test_slow_server_does_not_block_the_other_episodes() -> None:
             max_steps=2,
         )
 
-        async def main() -> tuple[float, float, list]:
-            gaps: list[float] = []
+        async def main() -> tuple[int, list]:
+            ticks_while_waiting = 0
             stop = asyncio.Event()
 
             async def ticker() -> None:
-                last = time.monotonic()
+                nonlocal ticks_while_waiting
                 while not stop.is_set():
                     await asyncio.sleep(0.01)
-                    now = time.monotonic()
-                    gaps.append(now - last)
-                    last = now
+                    ticks_while_waiting += slow.in_flight > 0
 
             ticking = asyncio.create_task(ticker())
-            start = time.monotonic()
             results = await loop.run_tasks([goal(0), goal(1), goal(0)], concurrency=3)
-            wall = time.monotonic() - start
             stop.set()
             await ticking
-            return wall, max(gaps), results
+            return ticks_while_waiting, results
 
-        wall, worst_gap, results = asyncio.run(main())
+        ticks, results = asyncio.run(main())
     assert all(len(r.trials[0].trajectory) > 0 for r in results)
-    requests = 3 * 3  # reset, search, click per episode, 0.3 s each
-    assert wall < requests * 0.3 * 0.6, f"episodes waited on each other: {wall:.2f}s"
-    assert worst_gap < 0.2, f"the event loop was blocked for {worst_gap:.2f}s"
+    assert slow.max_in_flight >= 2, "the episodes waited on each other"
+    assert ticks >= 3, f"the event loop ran only {ticks} times while the server held a request"

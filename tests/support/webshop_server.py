@@ -193,17 +193,22 @@ def done_page(goal: dict[str, Any], asin: str, options: dict[str, str], score: f
 class WebShopTestServer:
     """``with WebShopTestServer() as server:`` serves at ``server.url``; ``server.paths`` logs
     every requested path (decoded), ``server.sessions`` the goal index of each session;
-    ``delay_s`` slows every answer down."""
+    ``delay_s`` slows every answer down. ``in_flight`` counts requests inside that delay (the
+    client is waiting on them), ``max_in_flight`` the most at once."""
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.paths: list[str] = []
         self.sessions: dict[str, int] = {}
         self.delay_s = delay_s  # added to every answer: a slow catalogue server
+        self.in_flight = self.max_in_flight = 0
+        self._count_lock = threading.Lock()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                outer._waiting(+1)
                 time.sleep(outer.delay_s)
+                outer._waiting(-1)
                 raw = urllib.parse.urlsplit(self.path).path
                 outer.paths.append(urllib.parse.unquote(raw))
                 try:
@@ -227,6 +232,11 @@ class WebShopTestServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def _waiting(self, change: int) -> None:
+        with self._count_lock:
+            self.in_flight += change
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
 
     def route(self, parts: list[str]) -> tuple[int, str]:
         if parts == [""]:
