@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from retro_ray.config import Config
+from retro_ray.durable import append_jsonl, read_jsonl
 from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
 logger = logging.getLogger(__name__)
@@ -229,15 +228,7 @@ class GateLog:
 
     def entries(self) -> list[dict[str, object]]:
         """Every line, oldest first; a torn last line (a crash mid-write) is skipped."""
-        if not self.path.is_file():
-            return []
-        found = []
-        for line in self.path.read_text().splitlines():
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("%s: skipping a torn line", self.path)
-        return found
+        return read_jsonl(self.path)
 
     def run(
         self,
@@ -261,7 +252,5 @@ class GateLog:
 
     def _append(self, entry: dict[str, object]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as f:
-            f.write(json.dumps({**entry, "time": time.time()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # Repairs a torn last line first: a decision glued onto it would be lost on resume.
+        append_jsonl(self.path, {**entry, "time": time.time()})

@@ -44,7 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro_ray.config import Config, ConfigError, to_dict
+from retro_ray.config import Config, ConfigError
+from retro_ray.driver.resume import record_config
+from retro_ray.durable import append_jsonl, read_jsonl
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.ray_cluster import cluster_cpus, connect_ray
 from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS
@@ -230,11 +232,9 @@ class BatchFlow:
 
 def earlier_records(metrics_path: Path) -> dict[int, dict[str, Any]]:
     """The iterations an earlier run of this directory finished (``metrics.jsonl``): a resumed
-    run keeps their records instead of writing them again (their gates: ``GateLog``)."""
-    if not metrics_path.is_file():
-        return {}
-    records = (json.loads(line) for line in metrics_path.read_text().splitlines() if line)
-    return {r["iteration"]: r for r in records}
+    run keeps their records instead of writing them again (their gates: ``GateLog``). A torn
+    last line (the driver died mid-write) is skipped: that iteration is simply not finished."""
+    return {r["iteration"]: r for r in read_jsonl(metrics_path)}
 
 
 def check_online(cfg: Config) -> None:
@@ -270,7 +270,8 @@ def run_train(cfg: Config) -> dict[str, Any]:
     cfg = resolve_models(cfg)
     run_dir = cfg.run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    for change in record_config(run_dir, cfg):  # a resume under another config is refused
+        log(f"resuming with {change}")
     registry_cfg = dataclasses.replace(cfg.registry, root=str(cfg.registry_dir.resolve()))
     cfg = dataclasses.replace(cfg, registry=registry_cfg)
     connect_ray()
@@ -285,8 +286,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
 
     def write(record: dict[str, Any]) -> None:
         history.append(record)
-        with metrics_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_jsonl(metrics_path, record)  # fsynced; a torn line of a crash repaired first
         log(
             f"iteration {record['iteration'] + 1}/{iterations}: {record['groups']} groups, "
             f"reward {record.get('reward_mean', float('nan')):.3f}, "
