@@ -156,3 +156,31 @@ def test_nan_in_a_yaml_file_is_refused(tmp_path: Path) -> None:
     path.write_text("learner:\n  max_grad_norm: .NaN\n")
     with pytest.raises(ConfigError, match=r"learner\.max_grad_norm: bad value nan; expected a fin"):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["a%41", "team=a", ".hidden", "_private", "-dash", "a/b", "a b", "", "naïve", "exp\n"],
+)
+def test_run_names_are_plain_partition_values(bad: str, tmp_path: Path) -> None:
+    """A run name is a directory and a hive partition value (run=<name>): '%41' decodes to 'A',
+    '=' splits, a leading dot hides it; matched in full, so a trailing newline fails too."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"run:\n  name: {bad!r}\n".replace("'", '"'))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith("run.name: bad value") and "[A-Za-z0-9][A-Za-z0-9_.-]*" in message
+
+
+@pytest.mark.parametrize("good", ["run", "exp-1", "sweep_3.lr0.01", "A", "run-2026-01-02"])
+def test_plain_run_names_load(good: str) -> None:
+    assert load_config(None, [f"run.name={good}"]).run.name == good
+
+
+def test_the_experience_log_refuses_such_run_ids_too(tmp_path: Path) -> None:
+    from retro_ray.rollout.experience import ExperienceLog
+
+    for bad in ("a%41", "x=y", ".h", "ok\n"):
+        with pytest.raises(ValueError, match="must match"):
+            ExperienceLog(tmp_path).partition(bad, 0)

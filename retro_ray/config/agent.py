@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from retro_ray.config.checks import in_range, positive, require
+from retro_ray.config.checks import check_name, in_range, positive, require
 from retro_ray.registry import PROD_ALIAS
 
 SERVE_TOKEN_ENV = "RETRO_RAY_SERVE_TOKEN"
@@ -174,9 +174,4 @@ class RunConfig:
     """Seed of every random choice the run makes (sampling, scripted policies, vague reflections)."""
 
     def validate(self, key: str) -> None:
-        require(
-            bool(self.name) and "/" not in self.name and self.name not in {".", ".."},
-            f"{key}.name",
-            self.name,
-            "a non-empty name without '/'",
-        )
+        check_name(self.name, f"{key}.name")

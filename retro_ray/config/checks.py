@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +16,29 @@ class ConfigError(ValueError):
 def require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: bad value {value!r}; expected {allowed}")
+
+
+NAME_RULE = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
+"""What a run name may be, matched in full: it becomes a directory and a hive partition
+(``run=<name>``), where ``/`` nests, ``=`` splits, ``%41`` decodes to ``A`` (the run would then read
+another run's data, or none) and a leading ``.`` or ``_`` hides the files from every reader."""
+
+_NAME = re.compile(NAME_RULE)
+
+
+def is_name(value: str) -> bool:
+    """``value`` matches ``NAME_RULE`` in full (``re.fullmatch``: ``$`` would accept ``"a\n"``)."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
+
+
+def check_name(value: str, key: str) -> None:
+    require(
+        is_name(value),
+        key,
+        value,
+        f"a name matching {NAME_RULE} in full: letters, digits, '_', '.', '-', starting with a "
+        "letter or digit (it names a directory and a Parquet partition run=<name>)",
+    )
 
 
 def positive(value: float, key: str) -> None:

@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from retro_ray.config.checks import NAME_RULE, is_name
 from retro_ray.durable import make_dirs, replace_durably
 from retro_ray.safe_text import sanitize_value
 
@@ -419,5 +420,7 @@ def _shorten(text: str, limit: int = 200) -> str:
 
 
 def _check_run_id(run_id: str) -> None:
-    if not run_id or any(c in run_id for c in "/=\\") or run_id.startswith("."):
-        raise ValueError(f"run id {run_id!r} must be non-empty, without '/', '\\\\' or '='")
+    """The run name rule of the config (``run.name``): the id is a hive partition value, where
+    ``%41`` would decode to ``A`` and ``=`` or ``/`` would split it (see ``NAME_RULE``)."""
+    if not is_name(run_id):
+        raise ValueError(f"run id {run_id!r} must match {NAME_RULE} in full")
