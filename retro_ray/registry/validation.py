@@ -44,14 +44,14 @@ class AdapterRejected(ValueError):
 
 def check_adapter_name(name: str) -> str:
     """A registry name (``retro``): letters, digits, ``_.-``; no slash, so never a path."""
-    if not _NAME.match(name) or ".." in name:
+    if not _NAME.fullmatch(name) or ".." in name:  # fullmatch: $ accepts "a\n"
         raise ValueError(f"bad adapter name {name!r}: use letters, digits and _.- (max 64)")
     return name
 
 
 def is_valid_model_name(name: str) -> bool:
     """A model requested over HTTP: an alias, a base model name or a version ``retro@3``."""
-    return bool(_MODEL.match(name)) and ".." not in name
+    return bool(_MODEL.fullmatch(name)) and ".." not in name
 
 
 def model_hash(model_dir: str | Path) -> str:
@@ -186,7 +186,7 @@ def _check_tensors(path: Path, base: BaseShapes, rank: int, targets: set[str]) -
 
 
 def _check_tensor(name: str, tensor: Any, base: BaseShapes, rank: int, targets: set[str]) -> None:
-    match = _TENSOR.match(name)
+    match = _TENSOR.fullmatch(name)
     if match is None:
         raise AdapterRejected(f"unexpected tensor {name!r} (not a LoRA A/B weight of a layer)")
     layer, module, kind = int(match[1]), match[2], match[3]

@@ -119,7 +119,7 @@ class WebShopEnv(BenchmarkEnv):
     # ---- episode -----------------------------------------------------------------------------------
 
     def reset(self, task: Task) -> str:
-        if task.env != self.name or not _GOAL.match(task.task_id):
+        if task.env != self.name or not _GOAL.fullmatch(task.task_id):
             raise ValueError(f"task {task.task_id!r} is not a webshop goal (fixed_<index>)")
         self.session, self.where = task.task_id, {}
         self.steps_taken, self.done, self.won, self.score = 0, False, False, 0.0
