@@ -349,7 +349,9 @@ def _env_play(args: argparse.Namespace) -> int:
         overrides.append(f"env.data_path={args.data}")
     cfg = load_run_config(None, overrides)
     out = Path(cfg.run.output_dir) / "play" / f"{args.name.replace(':', '_')}-{args.policy}"
-    table = evaluate(cfg, [Condition("react")], [cfg.env.seed], out, progress=not args.json)
+    table = evaluate(
+        cfg, [Condition("react")], [cfg.env.seed], out, progress=not args.json, split=args.split
+    )
     log = ExperienceLog(out / "experience")
     rows = read_rows(log, table["conditions"], [cfg.env.seed], columns=("task_id", "return_after"))
     row = table["agents"]["react"]
