@@ -147,3 +147,17 @@ def test_train_refuses_to_resume_under_another_config_before_any_work(tmp_path: 
     with pytest.raises(ConfigError, match=r"learner.lr: 0.002 -> 0.05"):
         run_train(train_config(tmp_path, "learner.lr=0.05"))
     assert sorted(p.name for p in cfg.run_dir.iterdir()) == [CONFIG_FILE]  # nothing started
+
+
+def test_registry_events_after_a_torn_line_are_kept(tmp_path: Path) -> None:
+    """The registry's audit log: an event appended after a crash mid-append is not lost."""
+    from retro_ray.registry import AdapterRegistry
+    from tests.support.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "tiny")
+    registry = AdapterRegistry(tmp_path / "registry", tiny.model_dir, max_lora_rank=8)
+    registry.publish(tiny.adapters["a"], step=1)
+    with (registry.root / "events.jsonl").open("a") as f:
+        f.write('{"time": 1.0, "event": "prom')  # the process died here
+    registry.publish(tiny.adapters["b"], step=2)
+    assert [e["event"] for e in registry.events()] == ["publish", "publish"]

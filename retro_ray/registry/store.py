@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retro_ray.durable import fsync_tree, replace_durably
+from retro_ray.durable import append_jsonl, fsync_tree, replace_durably
 from retro_ray.registry.validation import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -540,11 +540,9 @@ class AdapterRegistry:
 
     def _event(self, event: str, **fields: Any) -> None:
         run = {} if self.run is None or "run" in fields else {"run": self.run}
-        line = json.dumps({"time": time.time(), "event": event, **fields, **run})
-        with self._locked(), (self.root / "events.jsonl").open("a") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        record = {"time": time.time(), "event": event, **fields, **run}
+        with self._locked():  # fsynced; a torn last line of a crash is cut first, never glued to
+            append_jsonl(self.root / "events.jsonl", record)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
