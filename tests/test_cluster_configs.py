@@ -166,3 +166,77 @@ def test_job_runtime_env_is_valid(job: str) -> None:
     assert "pip" not in runtime_env  # nodes are provisioned by their image (offline-safe)
     assert runtime_env["env_vars"]["OMP_NUM_THREADS"] == "1"
     assert (REPO / "jobs" / f"{job}.py").is_file()
+
+
+# --------------------------------------------------------------------------------------------
+# Security: Ray's token authentication on every cluster, tokens only from files or Secrets
+# --------------------------------------------------------------------------------------------
+
+RAY_TOKEN_FILE = "~/.ray/auth_token"  # where `ray get-auth-token --generate` writes it
+RAY_AUTH_SECRET = "retro-ray-auth"
+
+
+def test_launcher_turns_on_ray_token_auth_with_the_token_from_a_file() -> None:
+    """Every container runs with ``RAY_AUTH_MODE=token`` and reads the token from a file that
+    ``file_mounts`` copies from the user's machine; the token itself is nowhere in the config,
+    and the dashboard and job API listen on the head's loopback only (``ray dashboard``)."""
+    cfg = launcher()
+    run_options = cfg["docker"]["run_options"]
+    assert "--env RAY_AUTH_MODE=token" in run_options
+    (token_path,) = [
+        option.split("=", 1)[1]
+        for option in run_options
+        if option.startswith("--env RAY_AUTH_TOKEN_PATH=")
+    ]
+    assert cfg["file_mounts"][token_path] == RAY_TOKEN_FILE
+    text = (REPO / "cluster" / "ray-cluster.yaml").read_text()
+    assert "RAY_AUTH_TOKEN=" not in text and "RAY_AUTH_MODE=disabled" not in text
+    head_start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head_start
+    assert "0.0.0.0" not in text  # nothing binds every interface
+
+
+def cluster_spec(manifest: dict[str, Any]) -> dict[str, Any]:
+    return manifest["spec"].get("rayClusterSpec") or manifest["spec"]["rayClusterConfig"]
+
+
+def containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    return [c for group in groups for c in group["template"]["spec"]["containers"]]
+
+
+@pytest.mark.parametrize("kind", sorted(MANIFESTS))
+def test_kuberay_cluster_requires_ray_token_auth_from_a_secret(kind: str) -> None:
+    """``authOptions`` turns token authentication on for every Ray container (and the job
+    submitter) with the token from a Secret; no container sets a token or key inline, turns
+    authentication off, or exposes Ray Client (unused: jobs go through the job API)."""
+    spec = cluster_spec(yaml.safe_load(MANIFESTS[kind].read_text()))
+    assert spec["authOptions"] == {"mode": "token", "secretName": RAY_AUTH_SECRET}
+    for container in containers(spec):
+        for env in container.get("env", []):
+            assert env["name"] not in {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"}  # authOptions' job
+            if any(word in env["name"] for word in ("TOKEN", "KEY", "SECRET")):
+                assert "value" not in env and env["valueFrom"]["secretKeyRef"]["name"], env
+        assert "client" not in {port["name"] for port in container.get("ports", [])}
+
+
+def test_rayservice_serves_beyond_loopback_only_with_its_token(monkeypatch) -> None:
+    """The RayService binds the Serve app on 0.0.0.0, so every container gets the app's token
+    variable from a Secret; without it the app refuses to start (``InsecureBind``)."""
+    from jobs.serve_app import BuildArgs
+    from retro_ray.config import load_config
+    from retro_ray.serve.guard import InsecureBind, serve_token_sha256
+
+    spec = yaml.safe_load(MANIFESTS["RayService"].read_text())["spec"]
+    (app,) = yaml.safe_load(spec["serveConfigV2"])["applications"]
+    args = BuildArgs.model_validate(app["args"])
+    serve = load_config(args.config, args.set).serve
+    assert serve.host == "0.0.0.0"
+    for container in containers(cluster_spec({"spec": spec})):
+        (token,) = [e for e in container["env"] if e["name"] == serve.api_key_env]
+        assert token["valueFrom"]["secretKeyRef"] == {"name": "retro-ray-serve", "key": "token"}
+    monkeypatch.delenv(serve.api_key_env, raising=False)
+    with pytest.raises(InsecureBind, match=serve.api_key_env):
+        serve_token_sha256(serve.host, serve.api_key_env)
+    monkeypatch.setenv(serve.api_key_env, "from-the-secret\n")
+    assert serve_token_sha256(serve.host, serve.api_key_env)
