@@ -51,6 +51,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
@@ -62,7 +63,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from retro_ray.config.checks import NAME_RULE, is_name
 from retro_ray.durable import make_dirs, replace_durably
 from retro_ray.safe_text import sanitize_value
 
@@ -419,8 +419,15 @@ def _shorten(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+RUN_ID_RULE = r"[A-Za-z0-9][A-Za-z0-9_.@-]*"
+"""A run id, matched in full: the config's ``run.name`` rule (``NAME_RULE``) plus ``@``, so a
+partition may be named after a model version (``gate-retro@3``). Nothing that hive partitioning
+decodes or splits (``%``, ``=``, ``/``), no leading ``.`` or ``_`` (hidden from every reader), no
+whitespace."""
+
+_RUN_ID = re.compile(RUN_ID_RULE)
+
+
 def _check_run_id(run_id: str) -> None:
-    """The run name rule of the config (``run.name``): the id is a hive partition value, where
-    ``%41`` would decode to ``A`` and ``=`` or ``/`` would split it (see ``NAME_RULE``)."""
-    if not is_name(run_id):
-        raise ValueError(f"run id {run_id!r} must match {NAME_RULE} in full")
+    if not isinstance(run_id, str) or _RUN_ID.fullmatch(run_id) is None:
+        raise ValueError(f"run id {run_id!r} must match {RUN_ID_RULE} in full")
