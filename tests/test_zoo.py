@@ -160,3 +160,31 @@ def test_zoo_eval_reports_every_condition(zoo_tiny, tmp_path) -> None:
         assert set(family["success"]) == labels
         assert family["best"]["reflexion"] in ("reflexion-greedy", "reflexion-sampled")
         assert all(0.0 <= v <= 1.0 for v in family["success"].values())
+
+
+@pytest.mark.slow
+def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) -> None:
+    """A bar no tiny model reaches: the build checks, trains one more round, checks again, and
+    reports the shortfall in its manifest instead of passing silently."""
+    from retro_ray.zoo.recipes import AbilityCheck
+
+    recipe = dataclasses.replace(
+        TINY,
+        name="tiny-check",
+        tasks_per_env=12,
+        actor_sft=dataclasses.replace(TINY.actor_sft, steps=20),
+        retro_sft=dataclasses.replace(TINY.retro_sft, steps=10),
+        ability_check=AbilityCheck(
+            envs=("lookup",), tasks=4, min_oracle_gain=2.0, extra_steps=5, max_rounds=1
+        ),
+    )
+    lines: list[str] = []
+    built = build_zoo(recipe, cache_dir=tmp_path, log=lines.append)
+    actor = built.manifest["models"]["actor"]
+    checks = actor["ability_checks"]
+    assert [c["round"] for c in checks] == [0, 1] and not any(c["able"] for c in checks)
+    assert [c["trained_steps"] for c in checks] == [5, 0]
+    assert actor["steps"] == 25  # the recipe's 20 and one extra round of 5
+    assert set(checks[0]["success"]["lookup"]) == {"react", "trajectory-oracle"}
+    assert any("falls short" in line for line in lines)
+    assert any("WARNING" in line and "still falls short" in line for line in lines)

@@ -164,14 +164,18 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
         pad_id = tokenizer.pad_token_id
         report = train_sft(model, kept, schedule, pad_id, recipe.seed + offset, name, log)
         save_model(model, tokenizer, out / name)  # the retrospective stage continues from here
+        checks: list[dict[str, Any]] = []
+        if name == "actor" and recipe.ability_check.envs:
+            checks = train_until_able(model, tokenizer, kept, recipe, out / name, pad_id, log)
         reports[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(kept),
             "dropped_too_long": len(examples) - len(kept),
             "first_loss": round(report.first_loss, 4),
             "final_loss": round(report.final_loss, 4),
-            "steps": report.steps,
+            "steps": report.steps + sum(c["trained_steps"] for c in checks),
             "seconds": round(report.seconds, 1),
+            **({"ability_checks": checks} if checks else {}),
         }
         lap(f"sft_{name}")
     return {
@@ -190,3 +194,75 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def check_ability(actor_dir: Path, recipe: Recipe, seed: int) -> dict[str, Any]:
+    """Success of no reflection and of the trajectory oracle on validation tasks of each family
+    of ``recipe.ability_check`` (the greedy actor through the evaluation path)."""
+    import tempfile
+
+    from retro_ray.llm.torch_backend import TorchBackend
+    from retro_ray.zoo.evaluate import evaluate_reflections
+
+    check = recipe.ability_check
+    actor = TorchBackend(actor_dir, max_batch_size=64, name="actor")
+    with tempfile.TemporaryDirectory(prefix="zoo-check-") as tmp:
+        report = evaluate_reflections(
+            actor,
+            actor,  # no LLM reflector is asked: the agents are react and the oracle
+            Path(tmp),
+            tasks=check.tasks,
+            trials=recipe.max_trials,
+            envs=check.envs,
+            seed=seed,
+            agents=("react", "trajectory-oracle"),
+            split="validation",
+            progress=False,
+        )
+    return {env: f["success"] for env, f in report["families"].items()}
+
+
+def train_until_able(
+    model: Any,
+    tokenizer: Any,
+    examples: list[Any],
+    recipe: Recipe,
+    actor_dir: Path,
+    pad_id: int,
+    log: Log,
+) -> list[dict[str, Any]]:
+    """Check the actor (:class:`~retro_ray.zoo.recipes.AbilityCheck`); while it falls short,
+    train it on and check again. Returns every check, each with the steps trained after it."""
+    from retro_ray.zoo.models import save_model
+    from retro_ray.zoo.recipes import SFTSchedule
+    from retro_ray.zoo.sft import train_sft
+
+    check = recipe.ability_check
+    checks: list[dict[str, Any]] = []
+    for round_ in range(check.max_rounds + 1):
+        success = check_ability(actor_dir, recipe, recipe.seed + round_)
+        gains = {e: s["trajectory-oracle"] - s["react"] for e, s in success.items()}
+        able = all(g >= check.min_oracle_gain for g in gains.values())
+        summary = ", ".join(
+            f"{e}: oracle {s['trajectory-oracle']:.2f} vs none {s['react']:.2f}"
+            for e, s in success.items()
+        )
+        entry = {"round": round_, "success": success, "able": able, "trained_steps": 0}
+        checks.append(entry)
+        if able:
+            log(f"[zoo check] the actor follows advice ({summary})")
+            return checks
+        if round_ == check.max_rounds:
+            log(
+                f"[zoo check] WARNING: the actor still falls short of an oracle gain of "
+                f"{check.min_oracle_gain} after {check.max_rounds} extra rounds ({summary}); "
+                "Retroformer has little room on this build"
+            )
+            return checks
+        log(f"[zoo check] the actor falls short ({summary}): {check.extra_steps} more steps")
+        schedule = SFTSchedule(steps=check.extra_steps, lr=check.lr, warmup_steps=10)
+        seed = recipe.seed + 100 + round_
+        train_sft(model, examples, schedule, pad_id, seed, f"actor+{round_ + 1}", log)
+        save_model(model, tokenizer, actor_dir)
+        entry["trained_steps"] = check.extra_steps
+    return checks

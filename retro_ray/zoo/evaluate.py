@@ -64,6 +64,8 @@ def evaluate_reflections(
     identities: dict[str, str] | None = None,
     options: dict[str, dict] | None = None,
     progress: bool = True,
+    agents: tuple[str, ...] = AGENTS,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Cumulative success after ``trials`` trials per agent (and decoding) and environment;
     every trial lands in ``<out_dir>/experience`` (a rerun resumes). ``options`` holds
@@ -72,12 +74,13 @@ def evaluate_reflections(
     cfgs = [family_config(e, tasks, trials, seed, (options or {}).get(e)) for e in envs]
     tables = play_and_tabulate(
         cfgs,
-        conditions_for(AGENTS),
+        conditions_for(agents),
         [seed],
         ExperienceLog(out_dir / "experience"),
         clients=Clients(actor=actor, reflectors={"reflexion": retro}),
         identities=identities,
         progress=progress,
+        split=split,
     )
     families = {
         env: {
