@@ -140,7 +140,7 @@ def test_misleading_reflections_hurt_the_scripted_actor(env: str) -> None:
 
 def test_zoo_eval_reports_every_condition(zoo_tiny, tmp_path) -> None:
     from retro_ray.llm.torch_backend import TorchBackend
-    from retro_ray.zoo.evaluate import evaluate_reflections
+    from retro_ray.zoo.advice import evaluate_reflections
 
     actor = TorchBackend(zoo_tiny.actor_dir)
     retro = TorchBackend(zoo_tiny.retrospective_dir)

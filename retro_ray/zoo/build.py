@@ -202,7 +202,7 @@ def check_ability(actor_dir: Path, recipe: Recipe, seed: int) -> dict[str, Any]:
     import tempfile
 
     from retro_ray.llm.torch_backend import TorchBackend
-    from retro_ray.zoo.evaluate import evaluate_reflections
+    from retro_ray.zoo.advice import evaluate_reflections
 
     check = recipe.ability_check
     actor = TorchBackend(actor_dir, max_batch_size=64, name="actor")
