@@ -280,8 +280,8 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 
 def _zoo_eval(args: argparse.Namespace) -> int:
-    from retro_ray.zoo.build import build_zoo
     from retro_ray.zoo.advice import evaluate_zoo, format_report
+    from retro_ray.zoo.build import build_zoo
 
     if args.tasks < 1 or args.trials < 1:
         raise ValueError("--tasks and --trials must be >= 1")
