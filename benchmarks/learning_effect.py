@@ -17,6 +17,8 @@ and tasks (``diff``, ``diff_ci95``, ``diff_ci95_low``) and ``gap_closed`` with i
         --tasks 20 --json                                             # a smoke run
 
 A rerun with the same ``--out`` resumes: finished training runs and evaluated episodes are kept.
+``--existing RUN_DIR`` counts a finished run of the same config (``make demo``'s
+``runs/demo/train``, training seed 0) as one of the k; the others get the next free seeds.
 """
 
 from __future__ import annotations
@@ -68,6 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=3, help="trials per test task")
     p.add_argument("--out", default="runs/learning_effect", help="runs and the shared eval log")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--existing",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="a finished training run of the same config (e.g. make demo's runs/demo/train) that "
+        "counts as one of the k runs; its seed must differ from the others'; repeatable",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     args = p.parse_args(argv)
     if args.runs < 1:
@@ -83,8 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    seeds = [args.seed + i for i in range(args.runs)]
-    run_dirs = [train(args.config, out, i, s, args.set) for i, s in enumerate(seeds)]
+    run_dirs = [Path(d).resolve() for d in args.existing]
+    seeds = [json.loads((d / "config.json").read_text())["run"]["seed"] for d in run_dirs]
+    if len(set(seeds)) != len(seeds):
+        p.error(f"--existing runs share a training seed ({seeds}): they are not independent")
+    candidates = (s for s in range(args.seed, args.seed + 10 * args.runs) if s not in seeds)
+    for i in range(len(run_dirs), args.runs):
+        seed = next(candidates)
+        run_dirs.append(train(args.config, out, i, seed, args.set))
+        seeds.append(seed)
     eval_dir = out / "eval"
     overrides = [f"env.num_tasks={args.tasks}", f"trials.max_trials={args.trials}"]
     tables, solved = [], {}
