@@ -396,3 +396,12 @@ def test_apply_limits():
     assert apply_limits("a b STOP c", ["STOP"], 10) == ("a b ", "stop")
     assert apply_limits("a b c d", [], 2) == ("a b", "length")
     assert apply_limits("a b c", ["zz"], None) == ("a b c", "stop")
+
+
+def test_a_key_with_a_trailing_newline_is_sent_stripped(server, monkeypatch):
+    """A key read from a file often ends in a newline; sent raw, every request failed."""
+    monkeypatch.setenv(KEY_ENV, "sk-test-key\n")
+    client = OpenAIClient.from_config(make_config(server))
+    (out,) = run_generate(client, ["open the box"], SamplingParams(max_tokens=8))
+    assert out.text.startswith("> take[box]")
+    assert server.requests[-1].headers["authorization"] == "Bearer sk-test-key"

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import openai
 from openai import AsyncOpenAI
 
 from retro_ray.config import EndpointConfig
+from retro_ray.config.secrets import read_secret
 from retro_ray.llm.base import (
     Completion,
     EndpointError,
@@ -80,7 +80,7 @@ class OpenAIClient:
         self.request_token_ids = request_token_ids
         self.usage = UsageTotals()
         self.rejected_in_row = 0
-        self._api_key = os.environ.get(config.api_key_env) or PLACEHOLDER_API_KEY
+        self._api_key = read_secret(config.api_key_env) or PLACEHOLDER_API_KEY
         # The SDK client and the semaphore belong to one event loop; both are (re)made lazily
         # for the loop that is running, so a client survives successive ``asyncio.run`` calls.
         self._loop: asyncio.AbstractEventLoop | None = None
