@@ -14,10 +14,16 @@ strictly on-policy (collect, update, publish, repeat); 1 overlaps one collection
 Crash recovery: a dead worker makes Ray Train restart the group (``max_failures`` times) from the
 latest checkpoint in ``<storage_dir>/<name>/checkpoints``; a restarted driver (same storage and
 name) resumes from there too, and its new queue numbers batches from that checkpoint's cursor.
+A worker that dies while Ray Train is still starting its group (launching the training function)
+ends ``fit()`` with a ``ControllerError`` that Ray Train does not retry; the learner then starts a
+new ``fit()`` (at most ``max_failures`` times), which restores the same checkpoint and asks the
+same queue for the batch at its cursor, as a restarted group would (found by the chaos run,
+``benchmarks/chaos.py``: before, the driver died with ``LearnerFailed``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -29,6 +35,8 @@ from retro_ray.config import LearnerConfig
 from retro_ray.learner.checkpoint import CheckpointStore, read_state
 from retro_ray.learner.queue import make_batch_queue
 from retro_ray.learner.train_loop import LearnerJob, RegistryTarget, train_loop_per_worker
+
+logger = logging.getLogger(__name__)
 
 
 class LearnerFailed(RuntimeError):
@@ -70,6 +78,7 @@ class DistributedLearner:
         self._thread: threading.Thread | None = None
         self._result: Any = None
         self._error: BaseException | None = None
+        self.fit_restarts = 0  # new fit() calls after a worker died while its group started
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -77,34 +86,58 @@ class DistributedLearner:
         """Start the long-lived ``fit()`` (idempotent: ``with learner.start():`` starts once)."""
         if self._thread is not None:
             return self
+        self._thread = threading.Thread(target=self._fit, name=f"{self.name}-fit", daemon=True)
+        self._thread.start()
+        return self
+
+    def _trainer(self) -> Any:
+        """A fresh Ray Train run (our checkpoint store holds the state, not Ray Train's)."""
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
         cfg = self.config
         resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
-        trainer = TorchTrainer(
+        stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.fit_restarts}"
+        return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"job": self.job},
             torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
             ),
-            run_config=RunConfig(  # a fresh Ray Train run per start: our store holds the state
-                name=f"{self.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            run_config=RunConfig(
+                name=f"{self.name}-{stamp}",
                 storage_path=str(self.storage_dir / self.name / "ray_train"),
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
             ),
         )
 
-        def run() -> None:
+    def _fit(self) -> None:
+        """The trainer thread: ``fit()``, and a new one after a ``ControllerError`` (a worker that
+        died while its group was starting) while ``max_failures`` allows; any other end is kept
+        for ``finish`` to re-raise on the driver's thread."""
+        from ray.train import ControllerError
+
+        while True:
             try:
-                self._result = trainer.fit()
+                self._result = self._trainer().fit()
+                return
+            except ControllerError as exc:
+                if self.fit_restarts >= self.config.max_failures:
+                    self._error = exc
+                    return
+                self.fit_restarts += 1
+                logger.warning(
+                    "learner %s: the worker group failed while starting (%s); starting it again "
+                    "from the latest checkpoint (%d/%d)",
+                    self.name,
+                    str(exc).splitlines()[0][:200],
+                    self.fit_restarts,
+                    self.config.max_failures,
+                )
             except BaseException as exc:  # re-raised on the driver's thread by ``finish``
                 self._error = exc
-
-        self._thread = threading.Thread(target=run, name=f"{self.name}-fit", daemon=True)
-        self._thread.start()
-        return self
+                return
 
     def __enter__(self) -> DistributedLearner:
         return self.start()

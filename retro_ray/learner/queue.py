@@ -172,10 +172,19 @@ def make_batch_queue(max_pending: int = 2, start: int = 0, name: str | None = No
     """The queue as a Ray actor (no CPU reserved: it only holds references and answers calls).
 
     ``max_restarts=0``: the queue is the source of truth for the cursor while the run lives; the
-    driver owns it, and a driver restart resumes from the learner's checkpoint instead."""
+    driver owns it, and a driver restart resumes from the learner's checkpoint instead. So it runs
+    on the driver's node (hard affinity), sharing the driver's fate and no other node's: placed on
+    a worker node, the loss of that node would take the queue, and with it the learner, while the
+    driver lives on."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 64}
+    driver_node = ray.get_runtime_context().get_node_id()
+    options: dict[str, Any] = {
+        "num_cpus": 0,
+        "max_concurrency": 64,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(driver_node, soft=False),
+    }
     if name is not None:
         options["name"] = name
     return ray.remote(BatchQueue).options(**options).remote(max_pending, start)

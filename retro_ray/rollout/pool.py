@@ -65,6 +65,7 @@ class CollectionReport:
     retried: int = 0  # episodes sent again after a worker crash or an outage
     worker_crashes: int = 0
     outage_pauses: int = 0
+    failed_requests: int = 0  # requests that failed for good (``EndpointError``): episode again
     seconds: float = 0.0
 
     @property
@@ -205,7 +206,8 @@ class RolloutPool:
                     self._crashed(slot, meter, report)
                     queue.appendleft(self._retry(spec, report))
                     continue
-                except EndpointError:
+                except EndpointError as exc:
+                    self._request_failed(spec, exc, report)
                     queue.appendleft(EpisodeSpec(spec.task, spec.iteration, spec.attempt + 1))
                     report.retried += 1
                     if time.monotonic() < paused_until:
@@ -228,6 +230,19 @@ class RolloutPool:
                 meter.episode(summary)
                 if on_episode is not None:
                     on_episode(summary)
+
+    def _request_failed(
+        self, spec: EpisodeSpec, exc: EndpointError, report: CollectionReport
+    ) -> None:
+        """An endpoint request that failed after the client's retries: counted and said (the
+        chaos run counts these lines in every driver's output, a killed driver's too)."""
+        report.failed_requests += 1
+        print(
+            f"[{self.mode} it{spec.iteration}] episode {spec.task.task_id!r}: a request failed "
+            f"for good ({exc}); the episode is played again",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _dispatch(self, queue: deque[EpisodeSpec], in_flight: dict[Any, Any]) -> None:
         """Top every healthy worker up to its episode slots, the emptiest first."""

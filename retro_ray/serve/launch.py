@@ -127,7 +127,6 @@ class RunningApp:
 def start(cfg: Config, insecure: bool = False) -> RunningApp:
     """Deploy the application on the connected Ray cluster (``ray.init`` first) and return once
     every replica is up and warm. ``insecure`` allows a non-loopback bind without a token."""
-    import ray
     from ray import serve
 
     from retro_ray.serve.app import RetroServer
@@ -143,11 +142,7 @@ def start(cfg: Config, insecure: bool = False) -> RunningApp:
         run=cfg.run.name,
         shared=cfg.registry.shared,
     )
-    actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(ControllerService)
-    controller = actor_cls.options(name=settings.controller_name, namespace=NAMESPACE).remote(
-        settings.registry_root, str(model_dir), cfg.registry.name, s.model_name, s
-    )
-    ray.get(controller.start.remote())
+    controller = start_controller(settings, s)
     serve.start(http_options={"host": s.host, "port": s.port})
     options = deployment_options(s)
     app = RetroServer.options(**options).bind(settings)
@@ -155,6 +150,25 @@ def start(cfg: Config, insecure: bool = False) -> RunningApp:
     prefix = s.route_prefix.rstrip("/")
     url = f"http://{s.host}:{s.port}{prefix}/v1"
     return RunningApp(s.app_name, url, controller, registry)
+
+
+def start_controller(settings: ReplicaSettings, s: ServeConfig) -> Any:
+    """The app's controller actor, started and serving the registry's table. It runs on this
+    (the driver's) node, hard affinity: the driver owns it, so it dies with the driver anyway,
+    and on a worker node the loss of that node would take it too, leaving every replica without
+    the controller its requests resolve models at, while the driver lives on."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    driver_node = ray.get_runtime_context().get_node_id()
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(ControllerService)
+    controller = actor_cls.options(
+        name=settings.controller_name,
+        namespace=NAMESPACE,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(driver_node, soft=False),
+    ).remote(settings.registry_root, settings.model_dir, settings.adapter_name, s.model_name, s)
+    ray.get(controller.start.remote())
+    return controller
 
 
 def deployment_options(s: ServeConfig) -> dict[str, Any]:
