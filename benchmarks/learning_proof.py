@@ -1,10 +1,16 @@
 """The learning proof: does Retroformer's policy gradient raise the reflection reward?
 
-One process, no Ray: the frozen tiny actor (torch backend, greedy), the retrospective base plus a
-LoRA adapter trained by ``LocalRetroformer``. Rewards are measured on failed first trials of
-held-out (test-split) tasks, before and after training, with the same number of reflection
-samples per failed trial; the gain gets a paired bootstrap 95% interval. ``gap_closed`` is the
-share of the base-to-trajectory-oracle gap the trained adapter closes.
+One process, no Ray, and the loop of ``retro-ray train`` (``retro_ray.driver.loop``) with in-process
+executors (``retro_ray.driver.local``): the frozen tiny actor (torch backend, greedy) plays
+``--tasks`` train-split tasks per iteration; at each failed trial of the main chain (here trial 0:
+``trials.max_trials=2``) ``--group-size`` reflections are sampled from the served ``train``
+adapter, each scored by one next trial; the groups become one batch (group baseline); the
+learner's update runs in this process and publishes the adapter to a registry, which the torch
+backend serving the retrospective model hot-swaps in before the next collection. Rewards are
+measured on failed first trials of held-out (test-split) tasks, before and after training, with the
+same number of reflection samples (and the same seeds) per failed trial; the gain gets a paired
+bootstrap 95% interval. ``gap_closed`` is the share of the base-to-trajectory-oracle gap the
+trained adapter closes.
 
     python -m benchmarks.learning_proof --json            # default recipe (~10 min on 2 cores)
     python -m benchmarks.learning_proof --recipe tiny --iterations 2 --json   # a smoke run
@@ -17,27 +23,27 @@ import asyncio
 import json
 import random
 import sys
+import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from retro_ray.agents.actors import LLMActor
-from retro_ray.agents.trial_loop import TrialLoop
-from retro_ray.config import LearnerConfig, ReflectorConfig, TrainConfig
+from retro_ray.agents.build import build_trial_loop
+from retro_ray.aio import gather_all
+from retro_ray.config import Config
+from retro_ray.driver.local import in_process_learner, in_process_loop, in_process_serving
 from retro_ray.envs.registry import make_env
-from retro_ray.learner.local import LocalRetroformer
-from retro_ray.learner.policy import ReflectorPolicy
-from retro_ray.llm.base import SamplingParams
+from retro_ray.llm.base import LLMClient, SamplingParams, seeded
 from retro_ray.llm.torch_backend import TorchBackend
 from retro_ray.reflection.groups import FailedTrial
+from retro_ray.registry import TRAIN_ALIAS
 from retro_ray.rollout.branching import GroupRunner
 from retro_ray.run_config import load_run_config
 
 ENVS = ("lookup", "household", "shop")
-DEFAULT_ENVS = ("lookup",)
+DEFAULT_ENV = "lookup"
 """The default recipe's tiny actor follows reflections on ``lookup`` (oracle 1.00 vs none 0.32 in
 ``zoo eval``) but not yet on ``household`` and ``shop``, where no reflector can raise its return."""
 
@@ -50,26 +56,70 @@ def bootstrap_ci(diffs: list[float], resamples: int = 2000, seed: int = 0) -> tu
     return means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
 
 
-def build_runner(
-    actor_dir: Path, reflector: ReflectorConfig, actor_max_tokens: int, envs: tuple[str, ...]
-) -> GroupRunner:
-    backend = TorchBackend(actor_dir, max_batch_size=128)
-    defaults = load_run_config()
-    actor = LLMActor(
-        backend,
-        SamplingParams(max_tokens=actor_max_tokens, temperature=0.0, stop=("\n",)),
-        defaults.actor.instruction,
-        defaults.actor.scratchpad_max_chars,
+def proof_config(args: argparse.Namespace, actor_dir: Path, retro_dir: Path) -> Config:
+    """The run's configuration: the zoo's models, one environment, one reflection per failed
+    first trial's branch (``max_trials=2``), the greedy actor; ``--set`` overrides last."""
+    return load_run_config(
+        None,
+        [
+            f"run.name={args.name}",
+            f"run.seed={args.seed}",
+            f"env.name={args.env}",
+            f"env.seed={args.seed}",
+            "trials.max_trials=2",
+            "trials.memory_size=3",
+            "trials.concurrency=256",
+            "actor.policy=llm",
+            f"actor.model_dir={actor_dir}",
+            f"actor.endpoint.max_tokens={args.actor_max_tokens}",
+            "actor.endpoint.temperature=0",
+            "reflector.kind=llm",
+            f"serve.model_dir={retro_dir}",
+            f"train.iterations={args.iterations}",
+            f"train.group_size={args.group_size}",
+            f"train.failed_trials_per_iteration={args.tasks}",
+            *args.set,
+        ],
     )
-    loops = {
-        name: TrialLoop(lambda name=name: make_env(name), actor, None, max_trials=2, memory_size=3)
-        for name in envs
-    }
-    return GroupRunner(loops, reflector)
 
 
-def tasks_of(split: str, per_env: int, seed: int, envs: tuple[str, ...]) -> list:
-    return [t for name in envs for t in make_env(name).tasks(split, per_env, seed)]  # type: ignore[attr-defined]
+def build_runner(cfg: Config, actor: LLMClient, reflector: LLMClient) -> GroupRunner:
+    """First trials and scored reflections with the run's trial loop (held-out measurement)."""
+    return GroupRunner({cfg.env.name: build_trial_loop(cfg, actor, reflector)}, cfg.reflector)
+
+
+def reflection_sampling(cfg: Config) -> SamplingParams:
+    """What the collection samples training reflections with (``EpisodeRunner``)."""
+    return SamplingParams(
+        max_tokens=cfg.reflector.endpoint.max_tokens,
+        temperature=cfg.train.temperature,
+        top_p=cfg.train.top_p,
+        stop=("\n",),
+        adapter=TRAIN_ALIAS,
+    )
+
+
+def tasks_of(cfg: Config, split: str, n: int) -> list:
+    return make_env(cfg.env.name).tasks(split, n, cfg.env.seed)  # type: ignore[attr-defined]
+
+
+async def mean_rewards(
+    runner: GroupRunner,
+    client: LLMClient,
+    sampling: SamplingParams,
+    failed: list[FailedTrial],
+    samples: int,
+) -> list[float]:
+    """Per failed trial, the mean reward of ``samples`` reflections of the served ``train``
+    adapter (seeded per trial and sample: the same draws before and after training)."""
+
+    async def one(f: FailedTrial) -> float:
+        keys = [f"held-out|{f.task.task_id}|{i}" for i in range(samples)]
+        drawn = await gather_all([client.generate([f.prompt], seeded(sampling, k)) for k in keys])
+        after = await runner.returns_after(f, [c.text for (c,) in drawn])
+        return sum(a - f.return_before for a in after) / len(after)
+
+    return await gather_all([one(f) for f in failed])
 
 
 async def oracle_rewards(runner: GroupRunner, failed: list[FailedTrial]) -> list[float]:
@@ -87,44 +137,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     # In a thread: a zoo build runs its own event loop (asyncio.run), and blocks for minutes.
     actor_dir, retro_dir = await asyncio.to_thread(resolve_models, args)
-    cfg = load_run_config(None, args.set)
-    learner: LearnerConfig = cfg.learner
-    train: TrainConfig = replace(
-        cfg.train,
-        iterations=args.iterations,
-        group_size=args.group_size,
-        failed_trials_per_iteration=args.groups,
-    )
-    reflector = cfg.reflector
-    envs = tuple(args.envs.split(","))
-    runner = build_runner(actor_dir, reflector, args.actor_max_tokens, envs)
-    log(f"first trials: {args.train_tasks} train and {args.eval_tasks} test tasks per env")
-    train_pool = await runner.failed_trials(tasks_of("train", args.train_tasks, args.seed, envs))
-    held_out = await runner.failed_trials(tasks_of("test", args.eval_tasks, args.seed, envs))
-    log(f"failed first trials: {len(train_pool)} train, {len(held_out)} held-out")
+    cfg = proof_config(args, actor_dir, retro_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp) / cfg.run.name
+        actor = TorchBackend(actor_dir, max_batch_size=128, name="actor")
+        serving = in_process_serving(cfg, run_dir)
+        runner = build_runner(cfg, actor, serving.client())
+        held_out = await runner.failed_trials(tasks_of(cfg, "test", args.eval_tasks))
+        log(f"{len(held_out)} failed first trials of {args.eval_tasks} held-out tasks")
+        sampling = reflection_sampling(cfg)
+        base = await mean_rewards(runner, serving.client(), sampling, held_out, args.eval_samples)
+        oracle = await oracle_rewards(runner, held_out)
+        log(f"held-out mean reward: base {mean(base):.3f}, trajectory oracle {mean(oracle):.3f}")
 
-    policy = ReflectorPolicy(retro_dir, learner, seed=args.seed)
-    retro = LocalRetroformer(
-        policy, runner, learner, train, reflector.endpoint.max_tokens, args.seed
-    )
-    base = await retro.mean_rewards(held_out, args.eval_samples)
-    oracle = await oracle_rewards(runner, held_out)
-    log(f"held-out mean reward: base {mean(base):.3f}, trajectory oracle {mean(oracle):.3f}")
-
-    curve = []
-    for it in range(train.iterations):
-        t0 = time.monotonic()
-        groups = await retro.collect(train_pool)
-        metrics = retro.learn(groups)
-        curve.append(metrics["reward_mean"])
-        eta = (time.monotonic() - t0) * (train.iterations - it - 1)
-        log(
-            f"iter {it + 1}/{train.iterations} reward {metrics['reward_mean']:.3f} "
-            f"zero-signal {metrics['zero_signal_group_share']:.2f} loss {metrics['loss']:.4f} "
-            f"kl {metrics.get('kl_ref', 0.0):.4f} ({time.monotonic() - t0:.1f}s, ETA {eta:.0f}s)"
+        learner = in_process_learner(cfg, run_dir)
+        loop = in_process_loop(
+            cfg,
+            run_dir,
+            actor=actor,
+            serving=serving,
+            learner=learner,
+            tokenizer=learner.policy.tokenizer,
         )
-
-    trained = await retro.mean_rewards(held_out, args.eval_samples)
+        history = await asyncio.to_thread(loop.run)  # its own event loops: sync stages
+        trained = await mean_rewards(
+            runner, serving.client(), sampling, held_out, args.eval_samples
+        )
+        served_version = serving.version
     diffs = [t - b for t, b in zip(trained, base, strict=True)]
     low, high = bootstrap_ci(diffs, seed=args.seed)
     gap = mean(oracle) - mean(base)
@@ -136,13 +175,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "gain_ci95_low": low,
         "gain_ci95_high": high,
         "gap_closed": (mean(trained) - mean(base)) / gap if gap > 0 else None,
-        "train_reward_curve": curve,
-        "envs": list(envs),
+        "train_reward_curve": [h.get("reward_mean") for h in history],
+        "train_groups": [h["groups"] for h in history],
+        "served_version": served_version,
+        "env": cfg.env.name,
         "held_out_failed_trials": len(held_out),
         "eval_samples_per_trial": args.eval_samples,
-        "iterations": train.iterations,
-        "group_size": train.group_size,
-        "groups_per_iteration": train.failed_trials_per_iteration,
+        "iterations": cfg.train.iterations,
+        "group_size": cfg.train.group_size,
+        "tasks_per_iteration": cfg.train.failed_trials_per_iteration,
         "wall_time_s": time.monotonic() - start,
     }
 
@@ -166,16 +207,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="default", help="zoo recipe (built if missing)")
     p.add_argument("--cache-dir", default=None)
-    p.add_argument("--envs", default=",".join(DEFAULT_ENVS), help="comma-separated built-ins")
+    p.add_argument("--env", default=DEFAULT_ENV, choices=ENVS, help="a built-in environment")
     p.add_argument("--iterations", type=int, default=20)
-    p.add_argument("--groups", type=int, default=32, help="failed trials per iteration")
+    p.add_argument(
+        "--tasks",
+        type=int,
+        default=48,
+        help="train tasks per iteration (train.failed_trials_per_iteration); each failed first "
+        "trial is one group",
+    )
     p.add_argument("--group-size", type=int, default=4, help="m reflections per failed trial")
-    p.add_argument("--train-tasks", type=int, default=200, help="train tasks per environment")
-    p.add_argument("--eval-tasks", type=int, default=60, help="held-out tasks per environment")
+    p.add_argument("--eval-tasks", type=int, default=60, help="held-out tasks")
     p.add_argument("--eval-samples", type=int, default=4, help="reflections per held-out trial")
     p.add_argument("--actor-max-tokens", type=int, default=24)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="learning_proof", help="run name (in a temporary folder)")
     p.add_argument(
         "--set",
         action="append",

@@ -162,42 +162,60 @@ def test_killed_worker_resumes_without_losing_or_repeating_a_batch(
 
 
 def test_online_mode_collects_with_the_published_adapter(ray_cluster, zoo_tiny, tmp_path) -> None:
-    """Online Retroformer through Ray on the tiny zoo: collect with the ``train`` adapter, update
-    on the learner, publish, swap the sampler, repeat, on-policy (staleness 0)."""
-    import asyncio
+    """``retro-ray train``'s loop on the tiny zoo with the distributed learner and in-process
+    collection and serving: collect with the served ``train`` adapter, update on the learner,
+    publish, hot-swap, repeat, on-policy (staleness 0)."""
     from dataclasses import replace
 
-    from benchmarks.learning_proof import build_runner, tasks_of
-    from retro_ray.config import load_config
-    from retro_ray.learner.local import LocalRetroformer
-    from retro_ray.learner.online import OnlineRetroformer
-    from retro_ray.registry import AdapterRegistry
+    from retro_ray.driver.local import in_process_loop, in_process_serving, registry_target
+    from retro_ray.llm.torch_backend import TorchBackend
+    from retro_ray.run_config import load_run_config
 
-    cfg = load_config()
-    envs = ("lookup",)
-    runner = build_runner(zoo_tiny.actor_dir, cfg.reflector, 16, envs)
+    cfg = load_run_config(
+        None,
+        [
+            "env.name=lookup",
+            "trials.max_trials=2",
+            f"actor.model_dir={zoo_tiny.actor_dir}",
+            "actor.endpoint.max_tokens=16",
+            "reflector.endpoint.max_tokens=12",
+            f"serve.model_dir={zoo_tiny.retrospective_dir}",
+            "train.group_size=2",
+            "train.failed_trials_per_iteration=6",
+            "train.iterations=2",
+            "registry.max_lora_rank=8",
+        ],
+    )
     config = learner_config(num_workers=1, max_staleness=0, micro_batch_size=8)
-    train = replace(cfg.train, group_size=2, failed_trials_per_iteration=3)
-    sampler = ReflectorPolicy(zoo_tiny.retrospective_dir, config, seed=0)
-    retro = LocalRetroformer(sampler, runner, config, train, max_tokens=12, seed=0)
-    registry_root = tmp_path / "registry"
-    target = RegistryTarget(str(registry_root), max_lora_rank=8)
+    cfg = replace(cfg, learner=config)
+    serving = in_process_serving(cfg, tmp_path)
+    target = registry_target(cfg, tmp_path)
     learner = DistributedLearner(
         zoo_tiny.retrospective_dir, config, tmp_path / "train", registry=target
     )
     with learner.start():
-        registry = AdapterRegistry(registry_root, zoo_tiny.retrospective_dir, max_lora_rank=8)
-        online = OnlineRetroformer(retro, learner, registry)
-        pool = asyncio.run(runner.failed_trials(tasks_of("train", 12, 0, envs)))
-        assert pool, "the tiny actor solved every task"
-        history = asyncio.run(online.run(pool, iterations=2))
-    assert [m["cursor"] for m in history] == [0.0, 1.0]
-    assert [m["staleness"] for m in history] == [0.0, 0.0]  # collected with the newest adapter
-    assert all("reward_mean" in m and "grad_norm" in m for m in history)
-    assert registry.get(registry.resolve("train")).step == 2
-    assert online.sampler_step == 2
-    served = _adapter(registry.verify(registry.resolve("train")))
-    assert max_diff(_peft_state(sampler), served) == 0.0  # the sampler serves the newest
+        loop = in_process_loop(
+            cfg,
+            tmp_path,
+            actor=TorchBackend(zoo_tiny.actor_dir, name="actor"),
+            serving=serving,
+            learner=learner,
+            tokenizer=serving.backend.tokenizer,
+        )
+        history = loop.run()
+        metrics = learner.metrics()
+    assert all(r["groups"] > 0 for r in history), "the tiny actor solved every task"
+    assert [m["cursor"] for m in metrics] == [0.0, 1.0]
+    assert [m["staleness"] for m in metrics] == [0.0, 0.0]
+    assert [r["staleness"] for r in history] == [0, 0]
+    assert [r["collect_versions"] for r in history] == [[0], [1]]  # the newest adapter collects
+    assert all("reward_mean" in m and "grad_norm" in m for m in metrics)
+    assert all("learner_grad_norm" in r and r["swap_s"] >= 0 for r in history)
+    registry = serving.registry
+    version = registry.resolve("train")
+    assert registry.get(version).step == 2
+    assert serving.version == version
+    assert serving.backend.adapters == [registry.version_name(version)]  # the newest, swapped in
 
 
 def test_a_nonfinite_batch_is_skipped_not_crash_looped(ray_cluster, model_dir, tmp_path) -> None:

@@ -77,7 +77,7 @@ def _poison(policy: ReflectorPolicy) -> None:
 
 
 def test_nonfinite_weights_are_not_checkpointed_or_published(model_dir, tmp_path) -> None:
-    from retro_ray.learner.train_loop import LearnerJob, RegistryTarget, _publish
+    from retro_ray.learner.train_loop import LearnerJob, RegistryTarget, publish_adapter
     from retro_ray.registry import AdapterRegistry
 
     policy = make_policy(model_dir)
@@ -92,7 +92,7 @@ def test_nonfinite_weights_are_not_checkpointed_or_published(model_dir, tmp_path
     target = RegistryTarget(str(tmp_path / "registry"), max_lora_rank=8)
     job = LearnerJob(str(model_dir), policy.config, None, str(store.root), registry=target)
     with pytest.raises(NonFiniteAdapter, match="not published"):
-        _publish(policy, job, 2)
+        publish_adapter(policy, job, 2)
     registry = AdapterRegistry(target.root, model_dir, target.name, target.max_lora_rank)
     assert registry.versions() == []
 

@@ -125,7 +125,7 @@ def _next_batch(queue: Any, seq: int) -> QueuedBatch | None:
             return item
 
 
-def _publish(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
+def publish_adapter(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
     """Publish the adapter to the registry as ``train``; its version."""
     from retro_ray.registry import TRAIN_ALIAS, AdapterRegistry
 
@@ -190,7 +190,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ray.get(job.queue.register_worker.remote(rank, os.getpid()))
     version = state.version
     if rank == 0 and restored is not None:  # a restart: re-serve and re-acknowledge the state
-        version = _publish(policy, job, state.cursor) if job.registry else version
+        version = publish_adapter(policy, job, state.cursor) if job.registry else version
         ray.get(job.queue.ack.remote(state.cursor, version or None))
     cursor = saved_at = state.cursor
 
@@ -237,7 +237,7 @@ def _commit(
     state = LearnerState(cursor, policy.steps, version, config_hash, policy.nonfinite_skipped)
     store.write(policy, state)  # refuses NaN/inf weights: a restart must not restore them
     if job.registry is not None:
-        version = _publish(policy, job, cursor)
+        version = publish_adapter(policy, job, cursor)
     import ray
 
     ray.get(job.queue.ack.remote(cursor, version or None))
