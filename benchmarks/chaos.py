@@ -317,12 +317,18 @@ def fault_schedule(kinds: list[str], total: int, rng: random.Random) -> list[str
     return schedule[:total]
 
 
-RANK_LINE = re.compile(r"\(RayTrainWorker pid=(\d+)[^)]*\).*\[rank=(\d+), world_size=\d+\]")
+RANK_LINES = (
+    re.compile(r"\(RayTrainWorker pid=(\d+)[^)]*\).*\[rank=(\d+), world_size=\d+\]"),
+    re.compile(r"\(ip=[^,]*, pid=(\d+)\) world_rank=(\d+)"),  # the Train controller's list
+)
 
 
 def learner_ranks(driver_log: str) -> dict[int, int]:
-    """pid -> world rank of the Ray Train workers the driver's output announced (latest wins)."""
-    return {int(pid): int(rank) for pid, rank in RANK_LINE.findall(driver_log)}
+    """pid -> world rank of the Ray Train workers the driver's output announced (the driver runs
+    with ``RAY_DEDUP_LOGS=0``: deduplication would hide every rank's line but one)."""
+    return {
+        int(pid): int(rank) for pattern in RANK_LINES for pid, rank in pattern.findall(driver_log)
+    }
 
 
 def kill_pid(pid: int) -> bool:
@@ -362,8 +368,12 @@ def run_train(
     max_restarts: int = 10,
 ) -> RunResult:
     """One ``retro-ray train`` to the end, killed and resumed as the injector says."""
-    env = {**os.environ, "RAY_ADDRESS": cluster.address, "OMP_NUM_THREADS": "1"}
-    env.pop("RAY_ADDRESS_OVERRIDE", None)
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": cluster.address,
+        "OMP_NUM_THREADS": "1",
+        "RAY_DEDUP_LOGS": "0",  # every rank's start line (learner_ranks) and every retry line
+    }
     driver = TrainDriver(args, env, run_dir.parent / f"{run_dir.name}-logs")
     driver.log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -518,6 +528,7 @@ def _digest(files: dict[str, str]) -> str:
 
 
 FAILED_LINE = re.compile(r"request failed for good")
+WORKER_PREFIX = re.compile(r"(\x1b\[\d+m)?\([^)]*pid=\d+")  # "(RolloutWorker pid=12) ..."
 RETRY_LINE = re.compile(r"endpoint \S+ \(model [^)]*\): .*; retry \d+/\d+ in")
 
 
@@ -528,7 +539,9 @@ def audit_requests(result: RunResult, cluster_logs: Path, experience: dict[str, 
     gates = read_jsonl(result.run_dir / "gates.jsonl")
     gate_errors = sum(1 for g in gates if g.get("outcome") == "error")
     endpoint_exits = sum(1 for c in result.exit_codes if c == EXIT_ENDPOINT)
-    retried = len(RETRY_LINE.findall(driver_text))
+    # The driver's own requests (the gate's); the workers' lines it relays are in their files.
+    own = [line for line in driver_text.splitlines() if not WORKER_PREFIX.match(line)]
+    retried = len(RETRY_LINE.findall("\n".join(own)))
     for path in cluster_logs.rglob("worker-*.err") if cluster_logs.is_dir() else []:
         retried += len(RETRY_LINE.findall(path.read_text(errors="replace")))
     records = read_jsonl(result.run_dir / "metrics.jsonl")

@@ -51,8 +51,9 @@ def test_learner_ranks_are_read_from_the_worker_group_lines() -> None:
         "[rank=0, world_size=2]\n"
         "(RayTrainWorker pid=102, ip=10.0.0.2) Setting up process group for: env:// "
         "[rank=1, world_size=2]\n"
+        "(TrainController pid=99) - (ip=10.0.0.3, pid=103) world_rank=2, local_rank=0\n"
     )
-    assert learner_ranks(text) == {101: 0, 102: 1}
+    assert learner_ranks(text) == {101: 0, 102: 1, 103: 2}
 
 
 PLACEMENT_PROBE = textwrap.dedent(
@@ -164,10 +165,10 @@ def test_pool_counts_and_reports_requests_that_failed_for_good(
     assert {r["task_id"] for r in rows} == {t.task_id for t in tasks}
 
 
-def kill_when_starting(raylet_pid: int, timeout_s: float) -> int | None:
+def kill_when_starting(raylet_pid: int, timeout_s: float) -> tuple[int, set[int]] | None:
     """SIGKILL the first Ray Train worker of this Ray session seen while Ray Train launches its
-    training function (process title ``ray::RayTrainWorker.run_train_fn``, ~0.25 s here); its
-    pid, or None if none was seen in time."""
+    training function (process title ``ray::RayTrainWorker.run_train_fn``, ~0.25 s here): its
+    pid and the pids of its group's other workers; None if none was seen in time."""
     import signal
     import time
 
@@ -175,13 +176,16 @@ def kill_when_starting(raylet_pid: int, timeout_s: float) -> int | None:
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        workers = {}
         for child in psutil.Process(raylet_pid).children(recursive=True):
             try:
-                if "RayTrainWorker.run_train_fn" in " ".join(child.cmdline()):
-                    child.send_signal(signal.SIGKILL)
-                    return child.pid
+                workers[child.pid] = " ".join(child.cmdline())
             except psutil.Error:
                 continue
+        for pid, title in workers.items():
+            if "RayTrainWorker.run_train_fn" in title:
+                psutil.Process(pid).send_signal(signal.SIGKILL)
+                return pid, {p for p, t in workers.items() if "RayTrainWorker" in t} - {pid}
         time.sleep(0.003)
     return None
 
@@ -207,8 +211,10 @@ def batch_of(seed: int, rows: int = 4):
 def test_learner_survives_a_rank_killed_while_its_group_starts(ray_cluster, tmp_path) -> None:
     """A rank killed while Ray Train launches the training function ends ``fit()`` with a
     ``ControllerError`` Ray Train does not retry; the learner starts a new ``fit()`` from the
-    checkpoint store, and every batch is applied exactly once. Before, the driver died with
-    ``LearnerFailed`` (the chaos run's learner-rank faults hit this window)."""
+    checkpoint store, the killed group's other rank goes with the old ``fit()`` (it no longer holds
+    CPUs the new group needs), and every batch is applied exactly once. Before, the driver died
+    with ``LearnerFailed`` (the chaos run's learner-rank faults hit this window)."""
+    import psutil
     import ray
 
     from retro_ray.config import LearnerConfig, LoRAConfig, PolicyLossConfig
@@ -228,14 +234,16 @@ def test_learner_survives_a_rank_killed_while_its_group_starts(ray_cluster, tmp_
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
     learner = DistributedLearner(model_dir, config, tmp_path / "train")
     with learner.start():
-        victim = kill_when_starting(raylet, timeout_s=240)
-        assert victim is not None, "no Ray Train worker was seen starting"
+        killed = kill_when_starting(raylet, timeout_s=240)
+        assert killed is not None, "no Ray Train worker was seen starting"
+        victim, rest_of_group = killed
         for seed in range(3):
             learner.submit(batch_of(seed))
         final = learner.finish(timeout_s=400)
         state = learner.state()
     assert learner.fit_restarts == 1
     assert victim not in {pid for _, pid, _ in state["workers"]}
+    assert rest_of_group and not any(psutil.pid_exists(pid) for pid in rest_of_group)
     assert state["violations"] == [] and state["committed"] == [0, 1, 2]
     assert read_state(final).cursor == read_state(final).steps == 3
 
@@ -259,7 +267,7 @@ def test_chaos_run_loses_nothing(tmp_path: Path) -> None:
         "--interval",
         "4",
         "--iterations",
-        "12",
+        "8",
         "--clean-runs",
         "0",
         "--port",

@@ -14,11 +14,15 @@ strictly on-policy (collect, update, publish, repeat); 1 overlaps one collection
 Crash recovery: a dead worker makes Ray Train restart the group (``max_failures`` times) from the
 latest checkpoint in ``<storage_dir>/<name>/checkpoints``; a restarted driver (same storage and
 name) resumes from there too, and its new queue numbers batches from that checkpoint's cursor.
-A worker that dies while Ray Train is still starting its group (launching the training function)
-ends ``fit()`` with a ``ControllerError`` that Ray Train does not retry; the learner then starts a
-new ``fit()`` (at most ``max_failures`` times), which restores the same checkpoint and asks the
-same queue for the batch at its cursor, as a restarted group would (found by the chaos run,
-``benchmarks/chaos.py``: before, the driver died with ``LearnerFailed``).
+A worker that dies while Ray Train is still starting its group ends ``fit()`` with a
+``ControllerError`` instead: the learner then starts a new ``fit()`` (at most ``max_failures``
+times), which restores the same checkpoint and asks the same queue for the batch at its cursor, as
+a restarted group would. Ray Train's own retry of a failed start is switched off
+(``controller_failure_limit=0``): a worker lost in the group's last start-up steps (the torch
+process group, launching the training function) leaves the rest of that group alive and holding
+its placement group, which a retry in the same ``fit()`` never frees (the next group then waited
+for CPUs forever), while the end of the ``fit()`` takes them all down. Both found by the chaos run
+(``benchmarks/chaos.py``): before, the driver died with ``LearnerFailed``, or waited forever.
 """
 
 from __future__ import annotations
@@ -108,7 +112,9 @@ class DistributedLearner:
             run_config=RunConfig(
                 name=f"{self.name}-{stamp}",
                 storage_path=str(self.storage_dir / self.name / "ray_train"),
-                failure_config=FailureConfig(max_failures=cfg.max_failures),
+                failure_config=FailureConfig(
+                    max_failures=cfg.max_failures, controller_failure_limit=0
+                ),
             ),
         )
 
