@@ -110,14 +110,16 @@ class LocalCluster:
         self.node_cpus = node_cpus
         self.temp_dir = tempfile.mkdtemp(prefix="rc-", dir="/tmp")  # short: socket paths
         head = {"num_cpus": head_cpus, "temp_dir": self.temp_dir, "include_dashboard": True}
-        self.cluster = Cluster(initialize_head=True, head_node_args={**head, "dashboard_port": 0})
+        self.cluster = starting(
+            "the head node",
+            lambda: Cluster(initialize_head=True, head_node_args={**head, "dashboard_port": 0}),
+        )
         for _ in range(worker_nodes):
             self.add_worker()
         ray.init(address=self.address, logging_level="WARNING", log_to_driver=False)
         self.dashboard = f"http://{self.cluster.webui_url}"
         # Nodes share one address here: a proxy per node would fight for the port.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
-        self.head_node_id = ray.get_runtime_context().get_node_id()
 
     @property
     def address(self) -> str:
@@ -128,7 +130,10 @@ class LocalCluster:
         return Path(self.temp_dir) / "session_latest" / "logs"
 
     def add_worker(self) -> None:
-        self.cluster.add_node(num_cpus=self.node_cpus, temp_dir=self.temp_dir)
+        starting(
+            "a worker node",
+            lambda: self.cluster.add_node(num_cpus=self.node_cpus, temp_dir=self.temp_dir),
+        )
 
     def worker_nodes(self) -> list[Any]:
         return sorted(self.cluster.worker_nodes, key=lambda n: n.node_id)
@@ -155,6 +160,19 @@ class LocalCluster:
         ray.shutdown()
         self.cluster.shutdown()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def starting(what: str, start: Callable[[], Any], attempts: int = 3) -> Any:
+    """``start()``, again when Ray says the node timed out during startup (its raylet has 30 s
+    to register, which a loaded 2-core machine can miss)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts:
+                raise
+            log(f"{what} did not start in time; starting it again ({attempt}/{attempts})")
+    raise AssertionError("unreachable")
 
 
 # -- the driver ----------------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def test_learner_survives_a_rank_killed_while_its_group_starts(ray_cluster, tmp_
 
     from retro_ray.config import LearnerConfig, LoRAConfig, PolicyLossConfig
     from retro_ray.learner.checkpoint import read_state
-    from retro_ray.learner.distributed import DistributedLearner
+    from retro_ray.learner.distributed import DistributedLearner, job_placement_groups
     from tests.support.tiny_model import build_tiny_model
 
     model_dir = build_tiny_model(tmp_path / "model").model_dir
@@ -232,6 +232,7 @@ def test_learner_survives_a_rank_killed_while_its_group_starts(ray_cluster, tmp_
         max_failures=2,
     )
     raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    earlier = job_placement_groups()  # other tests' in this session, if any
     learner = DistributedLearner(model_dir, config, tmp_path / "train")
     with learner.start():
         killed = kill_when_starting(raylet, timeout_s=240)
@@ -239,11 +240,15 @@ def test_learner_survives_a_rank_killed_while_its_group_starts(ray_cluster, tmp_
         victim, rest_of_group = killed
         for seed in range(3):
             learner.submit(batch_of(seed))
+        learner.wait_applied(3, timeout_s=400)
+        running = job_placement_groups() - earlier
         final = learner.finish(timeout_s=400)
         state = learner.state()
     assert learner.fit_restarts == 1
     assert victim not in {pid for _, pid, _ in state["workers"]}
     assert rest_of_group and not any(psutil.pid_exists(pid) for pid in rest_of_group)
+    assert len(running) == 1, running  # the new group's: the killed group's was removed
+    assert job_placement_groups() - earlier == set()
     assert state["violations"] == [] and state["committed"] == [0, 1, 2]
     assert read_state(final).cursor == read_state(final).steps == 3
 

@@ -21,8 +21,10 @@ a restarted group would. Ray Train's own retry of a failed start is switched off
 (``controller_failure_limit=0``): a worker lost in the group's last start-up steps (the torch
 process group, launching the training function) leaves the rest of that group alive and holding
 its placement group, which a retry in the same ``fit()`` never frees (the next group then waited
-for CPUs forever), while the end of the ``fit()`` takes them all down. Both found by the chaos run
-(``benchmarks/chaos.py``): before, the driver died with ``LearnerFailed``, or waited forever.
+for CPUs forever). The end of the ``fit()`` takes its workers down, and the learner removes the
+placement groups that ``fit()`` left (a placement group outlives the actor that made it: it is the
+job's). Both found by the chaos run (``benchmarks/chaos.py``): before, the driver died with
+``LearnerFailed``, or waited forever for CPUs.
 """
 
 from __future__ import annotations
@@ -45,6 +47,32 @@ logger = logging.getLogger(__name__)
 
 class LearnerFailed(RuntimeError):
     """The trainer stopped (out of restarts, or a bug in the worker loop)."""
+
+
+def job_placement_groups() -> set[str]:
+    """Ids of the placement groups this job (the driver) created that are not removed yet. A
+    placement group made by an actor lives as long as the job unless someone removes it (a
+    placement group id ends in its job's id)."""
+    import ray
+    from ray.util import placement_group_table
+
+    job = ray.get_runtime_context().get_job_id()
+    return {
+        pg
+        for pg, info in placement_group_table().items()
+        if pg.endswith(job) and info["state"] != "REMOVED"
+    }
+
+
+def remove_placement_groups(ids: set[str]) -> int:
+    """Remove the placement groups of ``ids`` (and the actors in them); how many."""
+    from ray import PlacementGroupID
+    from ray.util import remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    for pg in ids:
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg)))
+    return len(ids)
 
 
 class DistributedLearner:
@@ -125,19 +153,23 @@ class DistributedLearner:
         from ray.train import ControllerError
 
         while True:
+            before = job_placement_groups()
             try:
                 self._result = self._trainer().fit()
                 return
             except ControllerError as exc:
+                leaked = remove_placement_groups(job_placement_groups() - before)
                 if self.fit_restarts >= self.config.max_failures:
                     self._error = exc
                     return
                 self.fit_restarts += 1
                 logger.warning(
-                    "learner %s: the worker group failed while starting (%s); starting it again "
-                    "from the latest checkpoint (%d/%d)",
+                    "learner %s: the worker group failed while starting (%s; %d placement "
+                    "groups it left removed); starting it again from the latest checkpoint "
+                    "(%d/%d)",
                     self.name,
                     str(exc).splitlines()[0][:200],
+                    leaked,
                     self.fit_restarts,
                     self.config.max_failures,
                 )
