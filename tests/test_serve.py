@@ -417,7 +417,7 @@ def test_fuzz_of_the_openapi_spec_finds_no_5xx(served: Served) -> None:
 def test_gated_promotion_evaluates_through_the_endpoint(served: Served, tmp_path: Path) -> None:
     import asyncio
 
-    from retro_ray.serve.gate import gated_promote
+    from retro_ray.driver.gate import gated_promote
 
     registry = served.app.registry
     cfg = load_config(
