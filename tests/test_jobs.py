@@ -117,8 +117,10 @@ def test_two_point_sweep_job(head: LocalHead, tmp_path: Path) -> None:
     assert all(r["tasks"] == 4 and "success@3" in r for r in rows)
     # Different seeds draw different tasks: each point ran its own evaluation.
     for r in rows:
-        log = sweep_dir / "runs" / r["run"] / "eval" / "experience" / "run=eval-trajectory-oracle"
-        assert len(list(log.glob(f"iteration={r['env.seed']}/part-*.parquet"))) == 4
+        log = sweep_dir / "runs" / r["run"] / "eval" / "experience"
+        # one partition per condition, named by what made it (eval-<condition>-<key>)
+        parts = log.glob(f"run=eval-trajectory-oracle-*/iteration={r['env.seed']}/part-*.parquet")
+        assert len(list(parts)) == 4
     md = (sweep_dir / "sweep.md").read_text()
     assert "| seeds-000 |" in md and "Mean and std over seeds" in md
 
