@@ -311,15 +311,19 @@ class FaultInjector:
         return f"{actor.class_name} pid {actor.pid} on node {actor.node_id[:12]}{label}"
 
     def _kill_rank(self, workers: list[Any], driver: TrainDriver) -> str | None:
-        """The ranks in turn (rank 0 first), from the worker group's start lines in the log."""
+        """Rank 0 and another rank in turn. Rank 0 is known from its process-group line in the
+        driver's output (a group killed while starting never prints the controller's list of
+        every rank); the others are the group's workers that are not rank 0."""
         ranks = learner_ranks(driver.current_log())
-        alive = {a.pid: a for a in workers if a.pid}
-        by_rank = {r: alive[pid] for pid, r in ranks.items() if pid in alive}
-        if not by_rank:
-            return None
-        wanted = self.learner_kills % (max(by_rank) + 1)
-        rank = wanted if wanted in by_rank else min(by_rank)
-        found = self._kill_actor([by_rank[rank]], f" (rank {rank})")
+        alive = [a for a in workers if a.pid]
+        zero = [a for a in alive if ranks.get(a.pid) == 0]
+        others = [a for a in alive if ranks.get(a.pid) != 0]
+        if not zero or not others:
+            return None  # the group is not (fully) up: its ranks are not known yet
+        target = zero if self.learner_kills % 2 == 0 else others
+        actor = self.rng.choice(sorted(target, key=lambda a: a.pid))
+        rank = ranks.get(actor.pid)
+        found = self._kill_actor([actor], f" (rank {'not 0' if rank is None else rank})")
         if found is not None:
             self.learner_kills += 1
         return found
@@ -395,17 +399,41 @@ def run_train(
     driver = TrainDriver(args, env, run_dir.parent / f"{run_dir.name}-logs")
     driver.log_dir.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
+    driver.start()
+    try:
+        unexpected = drive(cluster, run_dir, driver, injector, interval_s, timeout_s, max_restarts)
+    finally:  # an error or Ctrl-C here: the run's driver must not outlive the benchmark
+        if driver.process is not None and driver.process.poll() is None:
+            driver.kill()
+    return RunResult(
+        run_dir,
+        time.monotonic() - start,
+        list(injector.faults) if injector else [],
+        list(driver.incarnations),
+        list(driver.exit_codes),
+        unexpected,
+    )
+
+
+def drive(
+    cluster: LocalCluster,
+    run_dir: Path,
+    driver: TrainDriver,
+    injector: FaultInjector | None,
+    interval_s: float,
+    timeout_s: float,
+    max_restarts: int,
+) -> int:
+    """Watch the started driver to its success, injecting faults and starting it again after
+    each exit; the exits that were not a fault (a crash: resumed too, and counted)."""
+    start = time.monotonic()
     rng = random.Random(None if injector is None else injector.rng.random())
     next_fault = start + interval_s
     unexpected = 0
-    driver.start()
     progress_mark = run_progress(run_dir)
-    while True:
-        code = driver.poll()
+    while (code := driver.poll()) != 0:
         now = time.monotonic()
-        if code == 0:
-            break
-        if code is not None:  # killed by us (then resumed), or a crash: resumed too, and counted
+        if code is not None:
             if not driver.killed:
                 unexpected += 1
                 log(f"driver exited with {code} (not a fault); see {driver.incarnations[-1]}")
@@ -415,23 +443,14 @@ def run_train(
             progress_mark = run_progress(run_dir)
             continue
         if now - start > timeout_s:
-            driver.kill()
             raise TimeoutError(f"the run did not finish within {timeout_s:.0f}s")
         if injector is not None and injector.next_kind is not None and now >= next_fault:
             progressed = run_progress(run_dir) != progress_mark
             if injector.inject(cluster, driver, progressed, now - start):
                 next_fault = now + interval_s * rng.uniform(0.5, 1.5)
-                if injector.faults[-1].kind == "driver":
-                    continue  # restarted above, on the next poll
+                continue  # a killed driver is started again on the next poll
         time.sleep(0.5)
-    return RunResult(
-        run_dir,
-        time.monotonic() - start,
-        list(injector.faults) if injector else [],
-        list(driver.incarnations),
-        list(driver.exit_codes),
-        unexpected,
-    )
+    return unexpected
 
 
 def _driver_faults(injector: FaultInjector | None) -> int:
@@ -681,8 +700,9 @@ class ChaosSettings:
         ]
 
 
-def run_chaos(settings: ChaosSettings, on_cluster: Callable[[LocalCluster], None] | None = None):
-    """The chaos run and its audits, then the clean runs and the held-out comparison."""
+def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
+    """The chaos run and its audits, then the clean runs and the held-out comparison. What is
+    measured so far is in ``<out>/chaos.json`` after each stage."""
     from retro_ray.run_config import load_run_config
 
     load_run_config(settings.config, settings.train_sets(settings.seed))  # fail before the cluster
@@ -695,30 +715,52 @@ def run_chaos(settings: ChaosSettings, on_cluster: Callable[[LocalCluster], None
         settings.worker_nodes, settings.node_cpus, settings.head_cpus, settings.port
     )
     try:
-        if on_cluster is not None:
-            on_cluster(cluster)
-        injector = FaultInjector(settings.kinds, settings.faults, settings.seed, "chaos")
-        chaos_dir = out / "chaos"
-        args = train_command(
-            settings.config, chaos_dir, "chaos", settings.port, settings.train_sets(settings.seed)
-        )
-        log(f"chaos run: {settings.faults} faults of {', '.join(settings.kinds)}")
-        chaos = run_train(
-            cluster, chaos_dir, args, injector, settings.interval_s, settings.timeout_s
-        )
-        audit = audit_run(chaos, cluster.session_logs)
-        clean = []
-        for i in range(settings.clean_runs):
-            seed = settings.seed + i
-            run_dir = out / f"clean{i}"
-            log(f"clean run {i} (run.seed={seed})")
-            args = train_command(
-                settings.config, run_dir, f"clean{i}", settings.port, settings.train_sets(seed)
-            )
-            clean.append(run_train(cluster, run_dir, args, None, 0, settings.timeout_s))
+        chaos, audit = chaos_run(cluster, settings, out)
+        result = summary(chaos, audit, settings)
+        write_result(out, result, start)
+        clean = clean_runs(cluster, settings, out)
+        result["clean_wall_s"] = [round(c.wall_s, 1) for c in clean]
     finally:
         cluster.shutdown()
-    result: dict[str, Any] = {
+    if clean:
+        log("held-out evaluation of every run's trained adapter")
+        evals = out / "eval"
+        tasks, seeds = settings.eval_tasks, settings.eval_seeds
+        chaos_eval = heldout_success(chaos.run_dir, evals, tasks, seeds)
+        clean_eval = [heldout_success(c.run_dir, evals, tasks, seeds) for c in clean]
+        result.update(compare_heldout(chaos_eval, clean_eval), eval_tasks=tasks * seeds)
+    result["goal_met"] = goal_met(result)
+    write_result(out, result, start)
+    return result
+
+
+def chaos_run(
+    cluster: LocalCluster, settings: ChaosSettings, out: Path
+) -> tuple[RunResult, dict[str, Any]]:
+    injector = FaultInjector(settings.kinds, settings.faults, settings.seed, "chaos")
+    chaos_dir = out / "chaos"
+    sets = settings.train_sets(settings.seed)
+    args = train_command(settings.config, chaos_dir, "chaos", settings.port, sets)
+    log(f"chaos run: {settings.faults} faults of {', '.join(settings.kinds)}")
+    chaos = run_train(cluster, chaos_dir, args, injector, settings.interval_s, settings.timeout_s)
+    return chaos, audit_run(chaos, cluster.session_logs)
+
+
+def clean_runs(cluster: LocalCluster, settings: ChaosSettings, out: Path) -> list[RunResult]:
+    """Undisturbed runs, ``run.seed`` = the chaos run's, then the next ones."""
+    runs = []
+    for i in range(settings.clean_runs):
+        seed, run_dir = settings.seed + i, out / f"clean{i}"
+        log(f"clean run {i} (run.seed={seed})")
+        args = train_command(
+            settings.config, run_dir, f"clean{i}", settings.port, settings.train_sets(seed)
+        )
+        runs.append(run_train(cluster, run_dir, args, None, 0, settings.timeout_s))
+    return runs
+
+
+def summary(chaos: RunResult, audit: dict[str, Any], settings: ChaosSettings) -> dict[str, Any]:
+    return {
         "faults_injected": len(chaos.faults),
         "faults_by_kind": dict(Counter(f.kind for f in chaos.faults)),
         "fault_kinds": len({f.kind for f in chaos.faults}),
@@ -728,23 +770,13 @@ def run_chaos(settings: ChaosSettings, on_cluster: Callable[[LocalCluster], None
         "audit": audit,
         "faults": [dataclasses.asdict(f) for f in chaos.faults],
         "chaos_wall_s": round(chaos.wall_s, 1),
-        "clean_wall_s": [round(c.wall_s, 1) for c in clean],
+        "settings": {k: str(v) for k, v in dataclasses.asdict(settings).items()},
     }
-    if clean:
-        log("held-out evaluation of every run's trained adapter")
-        evals = out / "eval"
-        chaos_eval = heldout_success(chaos.run_dir, evals, settings.eval_tasks, settings.eval_seeds)
-        clean_eval = [
-            heldout_success(c.run_dir, evals, settings.eval_tasks, settings.eval_seeds)
-            for c in clean
-        ]
-        result.update(compare_heldout(chaos_eval, clean_eval))
-        result["eval_tasks"] = settings.eval_tasks * settings.eval_seeds
-    result["goal_met"] = goal_met(result)
+
+
+def write_result(out: Path, result: dict[str, Any], start: float) -> None:
     result["wall_s"] = round(time.monotonic() - start, 1)
-    result["settings"] = {k: str(v) for k, v in dataclasses.asdict(settings).items()}
     (out / "chaos.json").write_text(json.dumps(result, indent=2))
-    return result
 
 
 def goal_met(result: dict[str, Any]) -> bool:

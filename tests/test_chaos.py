@@ -56,6 +56,42 @@ def test_learner_ranks_are_read_from_the_worker_group_lines() -> None:
     assert learner_ranks(text) == {101: 0, 102: 1, 103: 2}
 
 
+def test_evaluate_run_of_a_run_with_a_scripted_actor(tmp_path: Path) -> None:
+    """``evaluate_run`` of a training run whose actor is the scripted (rule-based) one loads only
+    the retrospective model and the run's adapter (the chaos run trains with that actor). Before,
+    it refused the run as one that "used endpoint models": there is no actor model to load."""
+    from retro_ray.config import load_config, to_dict
+    from retro_ray.evaluation.play import evaluate_run
+    from retro_ray.registry import AdapterRegistry
+    from tests.support.tiny_model import build_tiny_model
+
+    tiny = build_tiny_model(tmp_path / "model")
+    run_dir = tmp_path / "runs" / "scripted"
+    cfg = load_config(
+        None,
+        [
+            "run.name=scripted",
+            f"run.output_dir={run_dir.parent}",
+            "env.name=lookup",
+            "actor.policy=scripted",
+            "trials.max_trials=2",
+            "reflector.endpoint.max_tokens=8",
+            f"serve.model_dir={tiny.model_dir}",
+        ],
+    )
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg)))
+    registry = AdapterRegistry(run_dir / "registry", tiny.model_dir, run="scripted")
+    registry.publish(tiny.adapters["a"], step=1)
+
+    table = evaluate_run(
+        run_dir, ["retroformer"], 1, ["env.num_tasks=3"], decodings=("greedy",), progress=False
+    )
+    row = table["agents"]["retroformer-greedy"]
+    assert table["adapter"] == "retro@1" and row["tasks"] == 3
+    assert len(row["success_by_trial"]) == 2
+
+
 PLACEMENT_PROBE = textwrap.dedent(
     """
     import json, shutil, sys, tempfile
@@ -69,8 +105,7 @@ PLACEMENT_PROBE = textwrap.dedent(
     model_dir, registry = sys.argv[1], sys.argv[2]
     temp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp})
-    for _ in range(2):
-        cluster.add_node(num_cpus=1, temp_dir=temp)
+    cluster.add_node(num_cpus=1, temp_dir=temp)
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         here = ray.get_runtime_context().get_node_id()
@@ -108,7 +143,7 @@ def test_control_actors_run_on_the_driver_node(zoo_tiny, tmp_path: Path) -> None
     )
     assert done.returncode == 0, done.stderr[-3000:]
     probe = json.loads(done.stdout.strip().splitlines()[-1])
-    assert probe["nodes"] == 3
+    assert probe["nodes"] == 2
     assert probe["on_driver_node"] == probe["actors"] == 12, probe
 
 

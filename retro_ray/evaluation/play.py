@@ -334,7 +334,8 @@ def evaluate_run(
     from retro_ray.llm.torch_backend import TorchBackend
 
     cfg = run_config(run_dir, overrides)
-    if cfg.actor.model_dir is None or cfg.serve.model_dir is None:
+    llm_actor = cfg.actor.policy == "llm"  # else a rule-based actor: no model to load
+    if (llm_actor and cfg.actor.model_dir is None) or cfg.serve.model_dir is None:
         raise ValueError(
             f"{run_dir} used endpoint models; evaluate it with --config and the endpoints"
         )
@@ -354,7 +355,9 @@ def evaluate_run(
     retro = TorchBackend(cfg.serve.model_dir, max_batch_size=64, name="retrospective")
     asyncio.run(retro.load_adapter(TRAINED_ADAPTER, registry.path(version)))
     clients = Clients(
-        actor=TorchBackend(cfg.actor.model_dir, max_batch_size=64, name="actor"),
+        actor=TorchBackend(cfg.actor.model_dir, max_batch_size=64, name="actor")
+        if llm_actor
+        else None,
         reflectors={
             "reflexion": PinnedAdapter(retro, None),
             "retroformer": PinnedAdapter(retro, TRAINED_ADAPTER),
