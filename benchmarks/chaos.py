@@ -6,14 +6,18 @@ The cluster is ``ray.cluster_utils.Cluster`` in this process: a head node and ``
 worker nodes on this machine, each with its own raylet and logical CPUs, in a Ray temp directory
 of their own (the Serve proxy on the head only: the nodes share one loopback address, and one
 proxy per node would fight for the port). The run is the product's command, ``retro-ray train``,
-in a process of its own that joins the cluster through ``RAY_ADDRESS``.
+in a process of its own that joins the cluster through ``RAY_ADDRESS``, with ``--config``
+(``configs/train_tiny.yaml``: the tiny zoo, the torch backend behind Serve) and what a run on a
+cluster that loses a process every few seconds sets (``CHAOS_OVERRIDES``: two learner ranks and
+two replicas, restart budgets, the reflection-following scripted actor so that rewards, and so
+the adapter, move); the clean runs use the same settings.
 
 Every ``--interval`` seconds (jittered) the injector kills one of, in a seeded order that takes
 every kind once per round:
 
 - ``rollout_worker``: a ``RolloutWorker`` actor's process (SIGKILL);
 - ``node``: a whole worker node (``Cluster.remove_node`` without grace), replaced by a new one;
-- ``learner_rank``: a Ray Train worker (``RayTrainWorker``), the ranks in turn, rank 0 first;
+- ``learner_rank``: a Ray Train worker (``RayTrainWorker``), rank 0 and another rank in turn;
 - ``serve_replica``: a Serve replica's process of the run's app;
 - ``driver``: the ``retro-ray train`` process itself, then the same command again with the same
   run directory (it resumes). A driver is killed only once its incarnation has made progress (an
@@ -40,7 +44,10 @@ the run (:func:`audit_run`):
   :func:`retro_ray.evaluation.play.evaluate_run` on the same test tasks; the chaos run passes when
   it is within ``spread`` of the clean run with the same seeds, where ``spread`` is the larger of
   the range over ``--clean-runs`` clean runs with different ``run.seed`` and the half-width of the
-  clean run's bootstrap ``ci95``.
+  clean run's bootstrap ``ci95``;
+- ``weights_vs_clean``: the learner steps whose adapter weights are bitwise those of the clean run
+  with the same seeds (requests are seeded per task, trial and sample, and the learner checkpoints
+  its whole state, so a run that loses and repeats nothing can match it step for step).
 
     python -m benchmarks.chaos --json                    # >= 20 faults of 5 kinds, 3 clean runs
     python -m benchmarks.chaos --faults 4 --clean-runs 0 --json   # the faults and audits only
@@ -535,12 +542,8 @@ def audit_learner(run_dir: Path, cfg: Any) -> dict[str, Any]:
     registry = AdapterRegistry(
         cfg.registry.root or run_dir / "registry", cfg.serve.model_dir, cfg.registry.name
     )
-    digests: dict[int, set[str]] = {}
-    steps = []
-    for version in registry.versions():
-        meta = registry.get(version)
-        steps.append(meta.step)
-        digests.setdefault(meta.step, set()).add(_digest(meta.files))
+    steps = [registry.get(version).step for version in registry.versions()]
+    digests = step_digests(run_dir)
     return {
         "iteration_records": len(records),
         "iterations_recorded_once": sorted(iterations) == list(range(cfg.train.iterations)),
@@ -555,6 +558,33 @@ def audit_learner(run_dir: Path, cfg: Any) -> dict[str, Any]:
         "registry_steps": sorted(digests),
         "registry_steps_consecutive": sorted(digests) == list(range(1, cursor + 1)),
         "republished_versions": len(steps) - len(digests),
+    }
+
+
+def step_digests(run_dir: Path) -> dict[int, set[str]]:
+    """learner step -> the weights' digests of the registry's versions of that step."""
+    from retro_ray.evaluation.play import run_config
+    from retro_ray.registry import AdapterRegistry
+
+    cfg = run_config(run_dir)
+    registry = AdapterRegistry(
+        cfg.registry.root or run_dir / "registry", cfg.serve.model_dir, cfg.registry.name
+    )
+    digests: dict[int, set[str]] = {}
+    for version in registry.versions():
+        meta = registry.get(version)
+        digests.setdefault(meta.step, set()).add(_digest(meta.files))
+    return digests
+
+
+def compare_weights(chaos_dir: Path, clean_dir: Path) -> dict[str, int]:
+    """Steps whose adapter weights are bitwise those of the clean run with the same seeds
+    (sampling is seeded per task, trial and sample, and the learner's state is checkpointed
+    whole, so a run that loses or repeats nothing can match the clean run exactly)."""
+    chaos, clean = step_digests(chaos_dir), step_digests(clean_dir)
+    return {
+        "steps_compared": len(clean),
+        "steps_identical": sum(chaos.get(step) == digest for step, digest in clean.items()),
     }
 
 
@@ -720,6 +750,8 @@ def run_chaos(settings: ChaosSettings) -> dict[str, Any]:
         write_result(out, result, start)
         clean = clean_runs(cluster, settings, out)
         result["clean_wall_s"] = [round(c.wall_s, 1) for c in clean]
+        if clean:
+            result["weights_vs_clean"] = compare_weights(chaos.run_dir, clean[0].run_dir)
     finally:
         cluster.shutdown()
     if clean:
