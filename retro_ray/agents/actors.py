@@ -8,10 +8,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from retro_ray.agents.prompts import ParsedAction, actor_prompt, parse_action
-from retro_ray.envs.base import TextEnv, Trajectory
+from retro_ray.agents.prompts import ParsedAction, actor_messages, actor_prompt, parse_action
+from retro_ray.envs.base import Step, TextEnv, Trajectory
 from retro_ray.envs.benchmark import BenchmarkEnv, ScriptedActorEnv
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams, seeded
+from retro_ray.llm.base import ChatClient, Completion, LLMClient, SamplingParams, seeded
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,45 @@ class LLMActor:
         prompt = actor_prompt(
             self.instruction, trajectory, reflections, self.scratchpad_max_chars, self.few_shot
         )
-        # Each step of each trial draws its own sample: retries are independent, reruns identical.
-        key = f"{seed}|trial{trajectory.trial}|step{len(trajectory.steps)}"
-        (completion,) = await self.client.generate([prompt], seeded(self.sampling, key))
+        sampling = step_sampling(self.sampling, trajectory, seed)
+        (completion,) = await self.client.generate([prompt], sampling)
         return ActorTurn(parse_action(completion.text), completion)
+
+
+class ChatActor:
+    """A ReAct actor behind a chat API: the scratchpad as turns (``prompts.actor_messages``):
+    the instruction and the reflections as the system turn, the few-shot example as the turns it
+    was played in, the actor's past actions as assistant turns and the observations as user
+    turns. The model's reply is parsed as one action line, as ``LLMActor``'s."""
+
+    def __init__(
+        self,
+        client: ChatClient,
+        sampling: SamplingParams,
+        instruction: str,
+        scratchpad_max_chars: int,
+        few_shot: Trajectory | None = None,
+    ) -> None:
+        self.client = client
+        self.sampling = sampling
+        self.instruction = instruction
+        self.scratchpad_max_chars = scratchpad_max_chars
+        self.few_shot = few_shot
+
+    async def act(
+        self, env: TextEnv, trajectory: Trajectory, reflections: Sequence[str], seed: str
+    ) -> ActorTurn:
+        messages = actor_messages(
+            self.instruction, trajectory, reflections, self.scratchpad_max_chars, self.few_shot
+        )
+        sampling = step_sampling(self.sampling, trajectory, seed)
+        (completion,) = await self.client.chat([messages], sampling)
+        return ActorTurn(parse_action(completion.text), completion)
+
+
+def step_sampling(sampling: SamplingParams, trajectory: Trajectory, seed: str) -> SamplingParams:
+    """Each step of each trial draws its own sample: retries are independent, reruns identical."""
+    return seeded(sampling, f"{seed}|trial{trajectory.trial}|step{len(trajectory.steps)}")
 
 
 class ExpertActor:
@@ -96,6 +131,12 @@ def _benchmark(env: TextEnv) -> BenchmarkEnv:
 def expert_demonstration(env: BenchmarkEnv) -> str:
     """One expert trial on a train (else validation) task, rendered as prompt text: the few-shot
     example for real LLMs. Never a test task: that would leak the evaluation set."""
+    trajectory = expert_trajectory(env)
+    return "\n".join([trajectory.first_observation, trajectory.render()])
+
+
+def expert_trajectory(env: BenchmarkEnv) -> Trajectory:
+    """The expert trial of ``expert_demonstration`` as steps (the chat actor's example turns)."""
     task = None
     for split in ("train", "validation"):
         try:
@@ -109,11 +150,10 @@ def expert_demonstration(env: BenchmarkEnv) -> str:
             "demonstration from; set actor.few_shot=false or use a data file with a train split"
         )
     trajectory = Trajectory(task=task, trial=0, first_observation=env.reset(task))
-    lines = [trajectory.first_observation]
     for _ in range(env.max_steps):
         action = env.expert_action()
         result = env.step(action)
-        lines.append(f"> {action}\n{result.observation}")
+        trajectory.steps.append(Step(action, result.observation, result.reward))
         if result.done:
             break
-    return "\n".join(lines)
+    return trajectory

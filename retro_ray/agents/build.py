@@ -7,11 +7,13 @@ from typing import Literal
 
 from retro_ray.agents.actors import (
     Actor,
+    ChatActor,
     ExpertActor,
     LLMActor,
     RandomActor,
     ScriptedActor,
     expert_demonstration,
+    expert_trajectory,
 )
 from retro_ray.agents.reflectors import (
     GroundTruthReflector,
@@ -24,7 +26,7 @@ from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.config import ActorConfig, Config, EndpointConfig, ReflectorConfig
 from retro_ray.envs.benchmark import BenchmarkEnv
 from retro_ray.envs.registry import make_env_from_config
-from retro_ray.llm.base import LLMClient, SamplingParams
+from retro_ray.llm.base import ChatClient, LLMClient, SamplingParams
 
 Agent = Literal[
     "react", "reflexion", "retroformer", "vague", "trajectory-oracle", "ground-truth-oracle"
@@ -87,12 +89,21 @@ def build_actor(cfg: ActorConfig, env: object, client: LLMClient | None = None) 
         return RandomActor()
     if cfg.policy == "scripted":
         return ScriptedActor()
-    few_shot = None
-    if cfg.few_shot and isinstance(env, BenchmarkEnv):
-        few_shot = expert_demonstration(env)
+    client = client or actor_client(cfg)
+    sampling = sampling_for(cfg.endpoint, stop=("\n",))
+    demo_env = env if cfg.few_shot and isinstance(env, BenchmarkEnv) else None
+    if cfg.endpoint.api == "chat" and cfg.model_dir is None:
+        if not isinstance(client, ChatClient):
+            raise TypeError(
+                f"actor.endpoint.api is chat but the actor's client {type(client).__name__} "
+                "takes no conversations; use an OpenAI-compatible endpoint or api: completions"
+            )
+        example = expert_trajectory(demo_env) if demo_env is not None else None
+        return ChatActor(client, sampling, cfg.instruction, cfg.scratchpad_max_chars, example)
+    few_shot = expert_demonstration(demo_env) if demo_env is not None else None
     return LLMActor(
-        client or actor_client(cfg),
-        sampling_for(cfg.endpoint, stop=("\n",)),
+        client,
+        sampling,
         cfg.instruction,
         cfg.scratchpad_max_chars,
         few_shot,

@@ -1,5 +1,6 @@
-"""Prompt text of the actor and the parser of its output (the reflection prompt, which serving
-shares, is ``retro_ray.reflection.prompt``).
+"""Prompts of the actor, as one text (completion models) or as chat turns (chat models), and the
+parser of its output (the reflection prompt, which serving shares, is
+``retro_ray.reflection.prompt``).
 
 Prompts are compact on purpose: the embedded default's models are tiny and see a few hundred
 tokens. Real LLMs can get one expert demonstration per environment as a few-shot example
@@ -13,10 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from retro_ray.envs.base import Trajectory
+from retro_ray.envs.base import Step, Trajectory
+from retro_ray.llm.base import ChatMessage
 
 ACTION_PROMPT = "> "
 MAX_ACTION_CHARS = 200
+NOTES_HEADER = "Notes from earlier trials:"
+EXAMPLE_END = "(End of the example.) Now your task."
 
 
 def actor_prompt(
@@ -31,12 +35,77 @@ def actor_prompt(
     if few_shot:
         parts.append(f"Example:\n{few_shot}\nNow your task.")
     if reflections:
-        parts.append("Notes from earlier trials:\n" + "\n".join(f"- {r}" for r in reflections))
+        parts.append(_notes(reflections))
     parts.append(trajectory.first_observation)
     so_far = trajectory.render(scratchpad_max_chars)
     if so_far:
         parts.append(so_far)
     return "\n".join(parts) + "\n" + ACTION_PROMPT
+
+
+def actor_messages(
+    instruction: str,
+    trajectory: Trajectory,
+    reflections: Sequence[str],
+    scratchpad_max_chars: int,
+    few_shot: Trajectory | None = None,
+) -> list[ChatMessage]:
+    """The ReAct scratchpad as chat turns, for an actor behind a chat API:
+
+    - ``system``: the instruction, then the notes from earlier trials (the reflections);
+    - the few-shot example, if any, as the turns it would have been: ``user`` its task,
+      ``assistant`` each expert action (``> action``), ``user`` each observation;
+    - ``user`` the task (after the example's last observation, in the same turn: roles alternate
+      strictly, which some chat templates require); then per step of this trial ``assistant`` the
+      action the actor took and ``user`` the environment's answer. The last turn is always a
+      ``user`` turn: the model's reply is the next action.
+
+    Reflections go in the system turn, not in the first user turn: they are standing guidance for
+    every step of the trial, which is what a system turn is for; the scratchpad's oldest steps
+    may be dropped but the system turn never is; and the example's turns, played without those
+    notes, stay as they were played. Steps beyond ``scratchpad_max_chars`` (the same measure as
+    the text prompt's) are dropped oldest first, and the task turn says how many.
+    """
+    system = instruction if not reflections else f"{instruction}\n{_notes(reflections)}"
+    messages: list[ChatMessage] = [{"role": "system", "content": system}]
+    task_turn = trajectory.first_observation
+    if few_shot is not None and few_shot.steps:
+        messages.append({"role": "user", "content": f"Example:\n{few_shot.first_observation}"})
+        messages += _step_turns(few_shot.steps)
+        last_observation = messages.pop()["content"]
+        task_turn = f"{last_observation}\n{EXAMPLE_END}\n{task_turn}"
+    kept = _recent_steps(trajectory.steps, scratchpad_max_chars)
+    dropped = len(trajectory.steps) - len(kept)
+    if dropped:
+        task_turn += f"\n({dropped} earlier step{'s' if dropped != 1 else ''} not shown.)"
+    messages.append({"role": "user", "content": task_turn})
+    messages += _step_turns(kept)
+    return messages
+
+
+def _notes(reflections: Sequence[str]) -> str:
+    return NOTES_HEADER + "\n" + "\n".join(f"- {r}" for r in reflections)
+
+
+def _step_turns(steps: Sequence[Step]) -> list[ChatMessage]:
+    turns: list[ChatMessage] = []
+    for step in steps:
+        turns.append({"role": "assistant", "content": f"{ACTION_PROMPT}{step.action}"})
+        turns.append({"role": "user", "content": step.observation})
+    return turns
+
+
+def _recent_steps(steps: Sequence[Step], max_chars: int) -> list[Step]:
+    """The latest steps whose ``> action`` / observation text fits in ``max_chars`` (as
+    ``Trajectory.render`` counts it)."""
+    kept: list[Step] = []
+    size = 0
+    for step in reversed(steps):
+        size += len(f"{ACTION_PROMPT}{step.action}\n{step.observation}") + (1 if kept else 0)
+        if size > max_chars:
+            break
+        kept.append(step)
+    return kept[::-1]
 
 
 @dataclass(frozen=True)

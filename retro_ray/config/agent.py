@@ -26,7 +26,9 @@ class EndpointConfig:
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the API key. The key itself never goes in a file."""
     api: Literal["completions", "chat"] = "completions"
-    """Which API to call: ``completions`` (raw prompt) or ``chat`` (the prompt as one user message)."""
+    """Which API to call: ``completions`` (raw prompt) or ``chat`` (``/chat/completions``: the actor
+    sends its scratchpad as system / user / assistant turns, other callers their prompt as one user
+    message; the server applies the model's chat template)."""
     max_tokens: int = 64
     """Largest number of tokens generated per call."""
     temperature: float = 0.0
@@ -93,14 +95,16 @@ class ActorConfig:
     model_dir: str | None = None
     """A local Hugging Face model directory run in-process by the torch backend instead of the
     endpoint (the embedded default's tiny actor: every rollout worker loads its own copy);
-    sampling settings still come from ``endpoint``."""
+    sampling settings still come from ``endpoint``; it takes the text prompt (``endpoint.api`` is
+    not used)."""
     instruction: str = (
         "Solve the task. Answer with one action per line, as `> Action[argument]` "
         "or the command the task describes."
     )
     """The first line of every actor prompt."""
     few_shot: bool = False
-    """Prepend one expert demonstration per environment (for real LLMs; tiny models have no room)."""
+    """Prepend one expert demonstration per environment (for real LLMs; tiny models have no room);
+    with ``endpoint.api: chat`` it goes as the turns it was played in."""
     scratchpad_max_chars: int = 1600
     """The trajectory so far is cut to this many characters (oldest steps dropped) in the prompt."""
 

@@ -68,6 +68,23 @@ def seeded(sampling: SamplingParams, key: str) -> SamplingParams:
     return dataclasses.replace(sampling, seed=derive_seed(key))
 
 
+ChatMessage = dict[str, str]
+"""One turn of a conversation, as OpenAI's chat API takes it: ``{"role": "system" | "user" |
+"assistant", "content": text}``."""
+
+
+@runtime_checkable
+class ChatClient(Protocol):
+    """A client that takes whole conversations (turns with roles) rather than flat prompts: an
+    OpenAI-compatible chat endpoint, where the server applies the model's chat template."""
+
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One assistant reply per conversation, in order."""
+        ...
+
+
 @runtime_checkable
 class LLMClient(Protocol):
     async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:

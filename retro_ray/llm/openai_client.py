@@ -32,6 +32,7 @@ from openai import AsyncOpenAI
 from retro_ray.config import EndpointConfig
 from retro_ray.config.secrets import read_secret
 from retro_ray.llm.base import (
+    ChatMessage,
     Completion,
     EndpointError,
     RequestRejected,
@@ -60,6 +61,9 @@ REJECTIONS_BEFORE_OUTAGE = 16
 """Rejected requests in a row (no success between) after which the cause is taken to be the
 setup, not the input (a parameter the server refuses, a context window smaller than every
 prompt): the client raises ``EndpointError`` and the run stops instead of failing every episode."""
+
+Prompt = str | list[ChatMessage]
+"""A flat prompt, or a conversation for the chat API."""
 
 REASON_CHARS = 160
 """How much of a provider's error message an error or log line quotes."""
@@ -101,11 +105,15 @@ class OpenAIClient:
     # Public API
     # ----------------------------------------------------------------------------------------
 
-    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
+    async def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingParams, *, chat: bool = False
+    ) -> list[Completion]:
         """One completion per prompt, in order. Raises ``EndpointError`` if any request fails
-        for good (the other requests are cancelled)."""
+        for good (the other requests are cancelled). With ``config.api: chat`` (or ``chat``) a
+        text prompt goes as one user message and a list of turns as those turns."""
         self._bind_loop()
-        tasks = [asyncio.ensure_future(self._generate_one(p, sampling)) for p in prompts]
+        chat = chat or self.config.api == "chat"
+        tasks = [asyncio.ensure_future(self._generate_one(p, sampling, chat)) for p in prompts]
         try:
             return list(await asyncio.gather(*tasks))
         except BaseException:
@@ -114,6 +122,14 @@ class OpenAIClient:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One reply per conversation through ``/chat/completions``, whatever ``config.api``
+        says (the turns go to the server as they are; the server applies the model's chat
+        template). Retries, errors and accounting as ``generate``."""
+        return await self.generate([list(c) for c in conversations], sampling, chat=True)
 
     async def aclose(self) -> None:
         """Close the HTTP connections of the current event loop's SDK client."""
@@ -139,20 +155,24 @@ class OpenAIClient:
             max_retries=0,  # our own loop retries, logs and counts
         )
 
-    async def _generate_one(self, prompt: str, sampling: SamplingParams) -> Completion:
+    async def _generate_one(
+        self, prompt: Prompt, sampling: SamplingParams, chat: bool
+    ) -> Completion:
         assert self._semaphore is not None
         async with self._semaphore:
-            completion = await self._with_retries(prompt, sampling)
+            completion = await self._with_retries(prompt, sampling, chat)
         self.usage.add(completion)
         return completion
 
-    async def _with_retries(self, prompt: str, sampling: SamplingParams) -> Completion:
+    async def _with_retries(
+        self, prompt: Prompt, sampling: SamplingParams, chat: bool
+    ) -> Completion:
         cfg = self.config
         attempts = 0
         while True:
             attempts += 1
             try:
-                completion = await self._request(prompt, sampling)
+                completion = await self._request(prompt, sampling, chat)
                 self.rejected_in_row = 0
                 return completion
             except (openai.APIStatusError, openai.APIConnectionError) as exc:
@@ -176,7 +196,7 @@ class OpenAIClient:
                 )
                 await asyncio.sleep(delay)
 
-    async def _request(self, prompt: str, sampling: SamplingParams) -> Completion:
+    async def _request(self, prompt: Prompt, sampling: SamplingParams, chat: bool) -> Completion:
         assert self._client is not None
         cfg = self.config
         model = self._model_name(sampling)
@@ -194,18 +214,19 @@ class OpenAIClient:
             common["extra_body"] = {"return_token_ids": True}
 
         start = time.perf_counter()
-        if cfg.api == "chat":
+        if chat:
             if sampling.logprobs:
                 common["logprobs"] = True
-            response: Any = await self._client.chat.completions.create(
-                messages=[{"role": "user", "content": prompt}], **common
-            )
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            response: Any = await self._client.chat.completions.create(messages=messages, **common)
             choice = response.choices[0]
             text = choice.message.content or ""
             logprobs = None
             if choice.logprobs is not None and choice.logprobs.content is not None:
                 logprobs = [float(t.logprob) for t in choice.logprobs.content]
         else:
+            if not isinstance(prompt, str):
+                raise TypeError("a conversation (list of turns) needs the chat API (chat=True)")
             if sampling.logprobs:
                 common["logprobs"] = 1
             response = await self._client.completions.create(prompt=prompt, **common)

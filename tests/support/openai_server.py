@@ -3,7 +3,9 @@
 Standard library only: a ``ThreadingHTTPServer`` on loopback in a background thread, port chosen by
 the OS. Answers ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` in
 the shapes of OpenAI's API, so the official ``openai`` client and our ``OpenAIClient`` can be tested
-end to end without a model. The text comes from ``responder(prompt)``; ``stop`` strings and
+end to end without a model. Every request is recorded (``requests``; a chat request's turns as
+``RecordedRequest.messages``, all of them in order by ``conversations()``). The text comes from
+``responder(prompt)`` (a chat request's turns joined by newlines); ``stop`` strings and
 ``max_tokens`` are applied to it with whitespace tokens. ``fail_next`` injects HTTP errors and
 ``stop()`` makes the endpoint unreachable, to exercise retries and ``EndpointError``;
 ``reject(prompt)`` (a message, or None to answer) refuses chosen prompts with a 400, as a server
@@ -44,6 +46,13 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any] | None
+
+    @property
+    def messages(self) -> list[dict[str, Any]] | None:
+        """The turns of a chat request as received (role and content each), else None."""
+        if not isinstance(self.body, dict) or "messages" not in self.body:
+            return None
+        return [dict(m) for m in self.body["messages"]]
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -164,6 +173,12 @@ class OpenAIServer:
         """The next ``n`` requests (any route) answer ``status`` with an OpenAI error body."""
         with self._lock:
             self._faults.append(_Fault(n, status, message, dict(headers or {})))
+
+    def conversations(self) -> list[list[dict[str, Any]]]:
+        """The turns of every chat request received so far, in arrival order."""
+        with self._lock:
+            recorded = list(self.requests)
+        return [m for m in (r.messages for r in recorded) if m is not None]
 
     def reset(self) -> None:
         with self._lock:
