@@ -14,6 +14,7 @@ from retro_ray.config import load_config
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.base import Completion, SamplingParams
+from tests.support.openai_schema import request_violations
 from tests.support.openai_server import OpenAIServer
 
 WRONG_SEARCH = "Search[Nobody Here]"
@@ -55,6 +56,8 @@ def test_a_trial_loop_sends_the_scratchpad_as_turns() -> None:
         result = asyncio.run(loop.run_task(task))
 
     assert {r.path for r in server.requests} == {"/v1/chat/completions"}
+    for request in server.requests:  # what OpenAI's schema allows a chat request to hold
+        assert request_violations("/chat/completions", "post", request.body) == []
     conversations = server.conversations()
     assert len(conversations) == 4  # two trials of two steps
     example = expert_trajectory(env)

@@ -185,7 +185,8 @@ def chat_response(
 ) -> dict[str, Any]:
     choice: dict[str, Any] = {
         "index": 0,
-        "message": {"role": "assistant", "content": completion.text},
+        # OpenAI's schema requires ``refusal`` (null: no refusal) on the message and its log-probs.
+        "message": {"role": "assistant", "content": completion.text, "refusal": None},
         "finish_reason": completion.finish_reason or "stop",
         "logprobs": None,
     }
@@ -200,7 +201,8 @@ def chat_response(
                     "top_logprobs": [{"token": t, "logprob": lp, "bytes": list(t.encode())}],
                 }
                 for t, lp in zip(tokens, completion.logprobs, strict=True)
-            ]
+            ],
+            "refusal": None,
         }
     if token_ids:
         choice["token_ids"] = completion.token_ids
