@@ -75,6 +75,19 @@ def remove_placement_groups(ids: set[str]) -> int:
     return len(ids)
 
 
+def scaling_options(config: LearnerConfig) -> dict[str, Any]:
+    """What the learner asks Ray Train for: ``ScalingConfig``'s ``num_workers``, ``use_gpu`` and
+    ``resources_per_worker`` (a GPU each with ``use_gpu``), and the process group's ``backend``
+    (NCCL on GPUs, gloo on CPUs)."""
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": 1} if config.use_gpu else {})}
+    return {
+        "num_workers": config.num_workers,
+        "use_gpu": config.use_gpu,
+        "resources_per_worker": resources,
+        "backend": "nccl" if config.use_gpu else "gloo",
+    }
+
+
 class DistributedLearner:
     """Owns the queue actor and the trainer thread; use as a context manager (it always shuts
     both down)."""
@@ -128,15 +141,13 @@ class DistributedLearner:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         cfg = self.config
-        resources = {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})}
+        scaling = scaling_options(cfg)
         stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{self.fit_restarts}"
         return TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"job": self.job},
-            torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=resources
-            ),
+            torch_config=TorchConfig(backend=scaling.pop("backend")),
+            scaling_config=ScalingConfig(**scaling),
             run_config=RunConfig(
                 name=f"{self.name}-{stamp}",
                 storage_path=str(self.storage_dir / self.name / "ray_train"),
