@@ -54,6 +54,38 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def engine_args(
+    model_dir: str,
+    *,
+    on_gpu: bool,
+    dtype: str | None = None,
+    seed: int = 0,
+    max_model_len: int | None = None,
+    max_lora_rank: int = 16,
+    max_loras: int = 4,
+    max_num_seqs: int = 64,
+    gpu_memory_utilization: float = 0.85,
+) -> dict[str, Any]:
+    """vLLM's ``AsyncEngineArgs`` for a LoRA-serving engine: on a GPU the model's own dtype and
+    ``gpu_memory_utilization``; on a CPU float32 and whole-prompt scheduling."""
+    kwargs: dict[str, Any] = {
+        "model": model_dir,
+        "dtype": dtype or ("auto" if on_gpu else "float32"),
+        "seed": seed,
+        "max_model_len": max_model_len,
+        "enable_lora": True,
+        "max_lora_rank": max_lora_rank,
+        "max_loras": max_loras,
+        "max_num_seqs": max_num_seqs,
+        "disable_log_stats": True,
+    }
+    if on_gpu:
+        kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+    else:
+        kwargs.update(_cpu_scheduler_args(model_dir, max_model_len))
+    return kwargs
+
+
 class VLLMBackend:
     """Generate with a local model directory (or hub id on GPU machines) through vLLM.
 
@@ -89,21 +121,17 @@ class VLLMBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        kwargs: dict[str, Any] = {
-            "model": self.model_dir,
-            "dtype": dtype or ("auto" if on_gpu else "float32"),
-            "seed": seed,
-            "max_model_len": max_model_len,
-            "enable_lora": True,
-            "max_lora_rank": max_lora_rank,
-            "max_loras": max_loras,
-            "max_num_seqs": max_num_seqs,
-            "disable_log_stats": True,
-        }
-        if on_gpu:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        else:
-            kwargs.update(_cpu_scheduler_args(self.model_dir, max_model_len))
+        kwargs = engine_args(
+            self.model_dir,
+            on_gpu=on_gpu,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            max_lora_rank=max_lora_rank,
+            max_loras=max_loras,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
         kwargs.update(engine_kwargs or {})  # the caller's engine arguments win
         args = AsyncEngineArgs(**kwargs)
         self._engine: Any = AsyncLLM.from_engine_args(args)
