@@ -434,6 +434,15 @@ def test_gate_without_evidence_does_not_promote() -> None:
     assert not few.promote and few.outcome == "no_evidence" and few.current_tasks == 4
 
 
+def test_gate_decoding_is_greedy_or_sampled() -> None:
+    from retro_ray.config import ConfigError, load_config
+
+    assert load_config(None, []).registry.gate_decoding == "greedy"
+    assert load_config(None, ["registry.gate_decoding=sampled"]).registry.gate_decoding == "sampled"
+    with pytest.raises(ConfigError, match=r"registry\.gate_decoding"):
+        load_config(None, ["registry.gate_decoding=beam"])
+
+
 def test_gate_min_tasks_is_checked_against_gate_tasks() -> None:
     from retro_ray.config import ConfigError, load_config
 

@@ -439,7 +439,8 @@ def test_gated_promotion_evaluates_through_the_endpoint(served: Served, tmp_path
     assert decision.promote and decision.candidate == meta.name
     assert registry.resolve("prod") == meta.version
     assert 0.0 <= decision.candidate_return <= 1.0
-    assert any((tmp_path / "experience").rglob("part-*.parquet"))  # the validation episodes
+    parts = list((tmp_path / "experience").rglob("part-*.parquet"))  # the validation episodes
+    assert parts and all("eval-reflexion-greedy-" in str(p) for p in parts)  # gate_decoding
     assert registry.events()[-2]["event"] == "gate"
 
 

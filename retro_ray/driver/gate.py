@@ -122,8 +122,8 @@ class PromotionGate:
 
 class EndpointEvaluation:
     """Measures a served reflector version on the validation split through the evaluation path
-    (:mod:`retro_ray.evaluation.play`: the trial loop, one Parquet log under ``out_dir``), with
-    the same tasks and seed for every version; a version's episodes are reused by its immutable
+    (:mod:`retro_ray.evaluation.play`: the trial loop, one Parquet log under ``out_dir``), at
+    ``registry.gate_decoding``, with the same tasks and seed for every version; a version's episodes are reused by its immutable
     name. Its figure is the mean over tasks of the best return within the trials."""
 
     def __init__(self, cfg: Config, out_dir: Path) -> None:
@@ -142,9 +142,7 @@ class EndpointEvaluation:
             env=dataclasses.replace(cfg.env, num_tasks=cfg.registry.gate_tasks),
             reflector=dataclasses.replace(cfg.reflector, endpoint=endpoint),
         )
-        # The decoding the reflector is configured with (training configs: the sampled policy).
-        decoding = "greedy" if endpoint.temperature <= 0 else "sampled"
-        plans = plans_for(cfg, [Condition("reflexion", decoding)])
+        plans = plans_for(cfg, [Condition("reflexion", cfg.registry.gate_decoding)])
         seed = cfg.env.seed
         log = ExperienceLog(self.out_dir / "experience")
         await play_local(plans, [seed], log, progress=False, split=VALIDATION)
