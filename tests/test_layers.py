@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("rollout", "learner"),  # collection and its branching rule | group-to-batch and the update
     ("evaluation",),  # conditions, playing them, the table
     ("report", "zoo"),  # retro-ray report; the model zoo (builds, evaluates tiny models)
+    ("rl",),  # the RL baseline: token/Discrete wrapper, RLlib PPO (tokenizer from the zoo)
     ("serve",),  # the Serve app (builds the zoo's model when none is configured)
     ("driver",),  # the training loop and the promotion gate
     APPLICATION,

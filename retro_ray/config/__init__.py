@@ -19,6 +19,7 @@ from retro_ray.config.agent import (
 )
 from retro_ray.config.checks import ConfigError
 from retro_ray.config.loading import apply_override, from_dict, load_config, to_dict
+from retro_ray.config.rl import RLConfig
 from retro_ray.config.serving import RegistryConfig, ServeConfig
 from retro_ray.config.training import (
     AggMode,
@@ -40,6 +41,7 @@ __all__ = [
     "LearnerConfig",
     "LoRAConfig",
     "PolicyLossConfig",
+    "RLConfig",
     "ReflectorConfig",
     "RegistryConfig",
     "RolloutConfig",

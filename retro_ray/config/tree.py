@@ -14,6 +14,7 @@ from retro_ray.config.agent import (
     TrialsConfig,
 )
 from retro_ray.config.checks import ConfigError, finite_numbers
+from retro_ray.config.rl import RLConfig
 from retro_ray.config.serving import RegistryConfig, ServeConfig
 from retro_ray.config.training import LearnerConfig, RolloutConfig, TrainConfig
 
@@ -32,6 +33,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
 
     def validate(self) -> Config:
         """Check every value; raise ConfigError naming the first bad key. Returns self.
