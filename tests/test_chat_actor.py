@@ -123,3 +123,34 @@ def test_a_chat_actor_needs_a_client_that_takes_turns() -> None:
     env = make_env_from_config(cfg.env)
     with pytest.raises(TypeError, match="api is chat"):
         build_actor(cfg.actor, env, _TextOnly())
+
+
+def test_the_example_config_plays_with_a_chat_actor_and_a_reflector_endpoint() -> None:
+    """``configs/chat_actor.yaml`` (README, "Bring your own models") with its two endpoints
+    pointed at loopback servers: the actor speaks in turns, the reflector's advice reaches the
+    next trial's system turn."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "configs" / "chat_actor.yaml"
+    advice = "Search the other person before answering."
+    with (
+        OpenAIServer(two_wrong_steps, models=("gpt-4o-mini",)) as actor,
+        OpenAIServer(lambda prompt: advice, models=("retrospective",)) as reflector,
+    ):
+        cfg = load_config(
+            path,
+            [
+                f"actor.endpoint.base_url={actor.base_url}",
+                f"reflector.endpoint.base_url={reflector.base_url}",
+                "trials.max_trials=2",
+            ],
+        )
+        assert cfg.serve.backend == "vllm" and cfg.serve.model_dir == "/models/reflector"
+        loop = build_trial_loop(cfg)
+        env = make_env_from_config(cfg.env)
+        result = asyncio.run(loop.run_task(env.tasks("test", 1)[0]))
+    assert isinstance(loop.actor, ChatActor)
+    assert result.trials[0].reflection == advice
+    last = actor.conversations()[-1]
+    assert last[0]["content"].endswith(f"{NOTES_HEADER}\n- {advice}")
+    assert [r.path for r in reflector.requests] == ["/v1/completions"]
