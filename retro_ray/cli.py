@@ -120,7 +120,22 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--executor", choices=["local", "ray"], default="local")
     ev.add_argument("--out", default=None, help="output directory (default: <run dir>/eval)")
     ev.add_argument("--json", default=None, metavar="PATH", help="write the table ('-': stdout)")
+    ev.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="RL_RUN_DIR",
+        help="add the rows of a retro-ray rl-baseline run (its eval/table.json); repeatable",
+    )
     ev.set_defaults(handler=_eval, long_running=True)
+
+    rl = sub.add_parser(
+        "rl-baseline",
+        help="RLlib PPO on the environment's reward: train, learning curve, evaluation row",
+    )
+    _add_config_args(rl)
+    rl.add_argument("--json", default=None, metavar="PATH", help="write the summary ('-': stdout)")
+    rl.set_defaults(handler=_rl_baseline, long_running=True)
 
     tr = sub.add_parser("train", help="the Retroformer training loop (collect, learn, publish)")
     _add_config_args(tr)
@@ -174,6 +189,13 @@ def _add_report_parser(sub: argparse._SubParsersAction) -> None:
             metavar="USD_PER_MTOK",
             help=f"reflector {part} tokens, USD per million (default: the actor's price)",
         )
+    rep.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="RL_RUN_DIR",
+        help="a retro-ray rl-baseline run: its rows and learning curve beside this run's",
+    )
     rep.add_argument("--json", action="store_true", help="print report.json to stdout")
     rep.set_defaults(handler=_report)
 
@@ -187,7 +209,7 @@ def _report(args: argparse.Namespace) -> int:
         args.price_reflector_prompt,
         args.price_reflector_completion,
     )
-    report = build_report(args.run_dir, args.out, prices)
+    report = build_report(args.run_dir, args.out, prices, [Path(b) for b in args.baseline])
     print(json.dumps(report) if args.json else report["index_html"])
     return 0
 
@@ -394,9 +416,44 @@ def _eval(args: argparse.Namespace) -> int:
         out = out or cfg.run_dir / "eval"
         conditions = conditions_for(agents, decodings)
         table = play.evaluate(cfg, conditions, seeds, out, executor=args.executor)
+    for baseline in args.baseline:
+        table = add_baseline(table, Path(baseline), Path(args.run) if args.run else None)
     print(format_agent_table(table))
     print(f"table: {Path(table['log']).parent / 'table.json'}; episodes: {table['log']}")
     _emit_json(table, args.json)
+    return 0
+
+
+def add_baseline(table: dict, baseline_dir: Path, run_dir: Path | None) -> dict:
+    """The table with an rl-baseline run's rows, and the environment episodes consumed in
+    training: the baseline's, and with ``--run`` the Retroformer collection's (its log's rows)."""
+    from retro_ray.evaluation.table import with_baseline
+
+    path = baseline_dir / "eval" / "table.json"
+    if not path.is_file():
+        raise ValueError(
+            f"{baseline_dir} has no eval/table.json; pass the run directory of a finished "
+            "retro-ray rl-baseline run"
+        )
+    episodes = {}
+    if run_dir is not None and (run_dir / "experience").is_dir():
+        from retro_ray.rollout.experience import ExperienceLog
+
+        episodes["retroformer"] = (
+            ExperienceLog(run_dir / "experience").read(columns=["task_id"]).num_rows
+        )
+    return with_baseline(table, json.loads(path.read_text()), episodes)
+
+
+def _rl_baseline(args: argparse.Namespace) -> int:
+    from retro_ray.evaluation.table import format_agent_table
+    from retro_ray.rl.ppo import run_rl_baseline
+
+    summary = run_rl_baseline(load_run_config(args.config, args.set))
+    table = json.loads((Path(summary["run_dir"]) / "eval" / "table.json").read_text())
+    print(format_agent_table(table))
+    _emit_json(summary, args.json)
+    print(f"run: {summary['run_dir']} ({summary['training_episodes']} training episodes)")
     return 0
 
 

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 if TYPE_CHECKING:  # pyarrow is imported where a table is read, not by ``retro-ray --help``
     import pyarrow as pa
 
-AGENT_ORDER = ("react", "reflexion", "retroformer", "trajectory-oracle", "ground-truth-oracle")
+AGENT_ORDER = (
+    "react",
+    "reflexion",
+    "retroformer",
+    "rl-ppo",
+    "trajectory-oracle",
+    "ground-truth-oracle",
+)
 """Display order; agents not listed here follow, alphabetically."""
 Rows: TypeAlias = "pa.Table | Sequence[dict[str, Any]]"
 """Experience-log rows: a ``pyarrow.Table`` or row dicts."""

@@ -162,18 +162,53 @@ def _percentiles(values: Sequence[float]) -> list[float]:
     return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
 
 
+DISPLAY_NAMES = {"rl-ppo": "RL (RLlib PPO)"}
+"""Labels shown under another name in the table (the RL baseline's row)."""
+
+
+def with_baseline(
+    table: Mapping[str, Any],
+    baseline: Mapping[str, Any],
+    training_episodes: Mapping[str, int] | None = None,
+) -> dict[str, Any]:
+    """``table`` with the conditions of another agent's table (``baseline``, e.g. the RL
+    baseline's ``eval/table.json``) added as rows, and ``training_episodes`` (label or agent ->
+    environment episodes it consumed in training) merged with the baseline's. The two tables
+    must count the same trials and seeds, else the rows would not be comparable (ValueError)."""
+    for key in ("trials", "seeds"):
+        if table.get(key) != baseline.get(key):
+            raise ValueError(
+                f"the baseline's table has {key} {baseline.get(key)} but this one has "
+                f"{table.get(key)}; evaluate both with the same {key}"
+            )
+    out = dict(table)
+    out["agents"] = {**table["agents"], **baseline["agents"]}
+    out["best"] = {**table.get("best", {}), **baseline.get("best", {})}
+    episodes = {**table.get("training_episodes", {}), **baseline.get("training_episodes", {})}
+    out["training_episodes"] = {**episodes, **(training_episodes or {})}
+    return out
+
+
 def format_agent_table(table: Mapping[str, Any]) -> str:
-    """The table as text: one line per condition, the best decoding of each agent marked *."""
+    """The table as text: one line per condition, the best decoding of each agent marked *;
+    with ``training_episodes`` in the table, a column of the environment episodes each agent
+    consumed in training (by label, else by agent; blank when unknown)."""
     trials = table["trials"]
+    episodes = table.get("training_episodes") or {}
     header = f"{'agent':<26}" + "".join(f"{'trial ' + str(k + 1):>9}" for k in range(trials))
-    header += f"{'95% CI':>16}{'tasks':>7}"
+    header += f"{'95% CI':>16}{'tasks':>7}" + (f"{'train episodes':>16}" if episodes else "")
     lines = [header, "-" * len(header)]
     best = set(table.get("best", {}).values())
     for label, row in table["agents"].items():
         mark = "*" if row.get("decoding") and label in best else " "
         cells = "".join(f"{v:>9.3f}" for v in row["success_by_trial"])
         lo, hi = row["ci95"]
-        lines.append(f"{label + mark:<26}{cells}{f'[{lo:.3f}, {hi:.3f}]':>16}{row['tasks']:>7}")
+        name = DISPLAY_NAMES.get(label, label) + mark
+        line = f"{name:<26}{cells}{f'[{lo:.3f}, {hi:.3f}]':>16}{row['tasks']:>7}"
+        if episodes:
+            used = episodes.get(label, episodes.get(row.get("agent", label)))
+            line += f"{'' if used is None else used:>16}"
+        lines.append(line)
     if table.get("gap_closed") is not None:
         lo, hi = table["diff_ci95"]
         lines.append(

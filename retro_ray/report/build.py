@@ -21,6 +21,7 @@ that have data (``success_by_trial``, ``cost``: evaluation; ``reflection_reward`
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from retro_ray.evaluation.play import TABLE_FILE, current_rows
-from retro_ray.report import data, html
+from retro_ray.report import curve, data, html
 from retro_ray.rollout.experience import ExperienceLog
 
 TRAIN_LOG = Path("experience")
@@ -39,7 +40,7 @@ METRICS = "metrics.jsonl"
 GATE_DIR = "gate"
 EXAMPLES = 5
 """Reflections shown side by side (base vs trained), at most."""
-FIGURES = ("success_by_trial", "cost", "reflection_reward", "throughput")
+FIGURES = ("success_by_trial", "cost", "reflection_reward", "throughput", "learning_curve")
 
 _TRAIN_COLUMNS = ("run", "iteration", "task_id", "reward", "started_at", "finished_at")
 _TRAIN_COLUMNS += data.TOKEN_COLUMNS  # the training run's cost
@@ -213,22 +214,45 @@ def reflection_examples(eval_root: Path, evaluation: dict[str, Any]) -> dict[str
     return data.reflection_examples(read_examples(eval_root, labels), *labels, limit=EXAMPLES)
 
 
+def read_baseline(baseline_dir: Path, notes: list[str]) -> tuple[list[dict[str, Any]], list]:
+    """An rl-baseline run's evaluation rows (its last table's) and its learning-curve records."""
+    if not (baseline_dir / "eval" / TABLE_FILE).is_file():
+        raise ValueError(
+            f"baseline {baseline_dir}: no eval/{TABLE_FILE}; pass the run directory of a "
+            "finished retro-ray rl-baseline run"
+        )
+    rows = current_rows(baseline_dir / "eval", data.EVAL_COLUMNS)
+    return rows, read_jsonl(baseline_dir / "curve.jsonl", notes)
+
+
 def build_report(
-    run_dir: str | Path, out_dir: str | Path | None = None, prices: data.Prices | None = None
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    prices: data.Prices | None = None,
+    baselines: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Write the report of ``run_dir`` to ``out_dir`` (default ``run_dir/report``); returns the
-    content of ``report.json``. Raises ValueError for a missing run directory or one without
-    any log."""
+    content of ``report.json``. ``baselines``: rl-baseline run directories whose evaluation rows
+    join this run's and whose learning curves are drawn beside Retroformer's. Raises ValueError
+    for a missing run directory or one without any log."""
     run_dir = Path(run_dir)
     prices = prices or data.Prices()
     train_root, eval_root, metrics_path = run_dir / TRAIN_LOG, run_dir / EVAL_LOG, run_dir / METRICS
     train = read_log(train_root, _TRAIN_COLUMNS) if run_dir.is_dir() else None
     evaluation_log = read_evaluation(eval_root, data.EVAL_COLUMNS) if run_dir.is_dir() else None
+    baseline_notes: list[str] = []
+    baseline_curves: dict[str, list[dict[str, Any]]] = {}
+    for baseline in baselines:
+        rows, records = read_baseline(Path(baseline), baseline_notes)
+        own = evaluation_log.to_pylist() if hasattr(evaluation_log, "to_pylist") else evaluation_log
+        evaluation_log = [*(own or []), *rows]
+        for agent in sorted({r["mode"] for r in rows}):
+            baseline_curves[agent] = curve.baseline_curve(records)
     _check_run_dir(
         run_dir, train is not None or evaluation_log is not None or metrics_path.is_file()
     )
 
-    notes: list[str] = []
+    notes: list[str] = baseline_notes
     metrics = read_jsonl(metrics_path, notes)
     summary = _read_json(run_dir / "summary.json")
     config = _read_json(run_dir / "config.json")
@@ -281,6 +305,11 @@ def build_report(
             "cost": training_cost,
         },
         "registry": registry,
+        "learning_curves": (
+            {"retroformer": curve.retroformer_curve(evaluation, len(rows)), **baseline_curves}
+            if baseline_curves
+            else None
+        ),
         "notes": notes,
     }
     report["figures"] = draw(report, out)
@@ -335,6 +364,8 @@ def draw(report: dict[str, Any], out: Path) -> dict[str, str]:
         plots.throughput(
             training["throughput"], training["iteration_seconds"], target("throughput")
         )
+    if report.get("learning_curves"):
+        plots.learning_curve(report["learning_curves"], target("learning_curve"))
     for key in FIGURES:
         if key not in figures:
             (out / f"{key}.png").unlink(missing_ok=True)

@@ -458,6 +458,29 @@ def _registry_section(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _learning_curve_section(report: dict[str, Any]) -> str:
+    curves = report.get("learning_curves")
+    if not curves:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(label(agent))}</td><td>{p['episodes']:,}</td>"
+        f"<td>{_pct(p['success'])}</td></tr>"
+        for agent, points in curves.items()
+        for p in points
+    )
+    return "\n".join(
+        [
+            "<h2>Learning curves: success against environment episodes</h2>",
+            "<p class='note'>Test success by the last trial against the environment episodes "
+            "(trials) consumed in training: Retroformer's collection (branches included; at 0 "
+            "its reflector is the untrained base, Reflexion) and each RL baseline's training.</p>",
+            f"<table><tr><th>agent</th><th>training episodes</th><th>success</th></tr>{rows}"
+            "</table>",
+            _figure(report, "learning_curve", "test success against training episodes"),
+        ]
+    )
+
+
 def render(report: dict[str, Any]) -> str:
     """The whole page."""
     sources = "".join(
@@ -474,6 +497,7 @@ def render(report: dict[str, Any]) -> str:
             f"<p class='note'>{escape(report['run_dir'])} · generated "
             f"{escape(report['generated_at'])}</p>",
             _evaluation_section(report),
+            _learning_curve_section(report),
             _examples_section(report),
             _training_section(report),
             _registry_section(report),

@@ -19,6 +19,7 @@ AGENT_STYLE = {
     "react": ("#7f7f7f", "-", "o"),
     "reflexion": ("#1f77b4", "-", "s"),
     "retroformer": ("#d62728", "-", "D"),
+    "rl-ppo": ("#ff7f0e", "-", "P"),
     "trajectory-oracle": ("#2ca02c", "--", "^"),
     "ground-truth-oracle": ("#9467bd", ":", "v"),
 }
@@ -228,4 +229,28 @@ def cost(
         ax.margins(y=0.2)
         if not any(v is not None for v in values):
             ax.set_ylim(-1, 1)
+    return _save(fig, path)
+
+
+def learning_curve(curves: dict[str, list[dict[str, float]]], path: Path) -> Path:
+    """Test success at the last trial against the environment episodes consumed in training,
+    one line per agent (``retro_ray.report.curve``)."""
+    fig, axes = _figure(6.4, 4.2)
+    ax = axes[0, 0]
+    for i, (agent, points) in enumerate(curves.items()):
+        color, line, marker = _style(agent, i)
+        ax.plot(
+            [p["episodes"] for p in points],
+            [100 * p["success"] for p in points],
+            color=color,
+            linestyle=line,
+            marker=marker,
+            label=label(agent),
+        )
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("environment episodes consumed in training")
+    ax.set_ylabel("test success by the last trial (% of tasks)")
+    ax.set_title("Learning curves (each agent at its better decoding)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
     return _save(fig, path)

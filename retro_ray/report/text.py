@@ -10,6 +10,7 @@ AGENT_LABEL = {
     "react": "ReAct",
     "reflexion": "Reflexion",
     "retroformer": "Retroformer",
+    "rl-ppo": "RL (RLlib PPO)",
     "trajectory-oracle": "trajectory oracle",
     "ground-truth-oracle": "ground-truth oracle",
 }

@@ -1,6 +1,6 @@
 """Evaluating a discrete policy the way ``retro-ray eval`` evaluates agents (no Ray).
 
-The same test tasks (``env.split`` test, ``env.num_tasks``, ``env.seed``) and up to
+The same test tasks (``env.split`` test, ``env.num_tasks``, drawn per evaluation seed) and up to
 ``trials.max_trials`` trials per task, stopping at the first won trial; one row per played trial
 in the experience log's evaluation format (``mode`` = ``rl-ppo``, ``iteration`` = the seed,
 ``sample`` 0), so ``retro_ray.evaluation.table`` reads it like every other agent.
@@ -14,7 +14,7 @@ a failed trial is followed by a fresh one, which differs only by its sampled act
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -60,16 +60,18 @@ def play_trial(
 
 
 def evaluate_policy(
-    env: TokenActionEnv,
+    envs: Mapping[int, TokenActionEnv],
     logits_fn: LogitsFn,
-    task_ids: Sequence[str],
+    tasks: Mapping[int, Sequence[str]],
     trials: int,
-    seeds: Sequence[int],
     model_name: str,
 ) -> dict[int, dict[str, list[ExperienceRow]]]:
-    """Rows per seed and task: every task played until won or ``trials`` trials."""
+    """Rows per seed and task: every task played until won or ``trials`` trials. ``envs`` and
+    ``tasks`` map each evaluation seed to its environment and its task ids: as in ``retro-ray
+    eval``, seed ``s`` plays the split's tasks drawn with ``env.seed = s``."""
     out: dict[int, dict[str, list[ExperienceRow]]] = {}
-    for seed in seeds:
+    for seed, task_ids in tasks.items():
+        env = envs[seed]
         per_task: dict[str, list[ExperienceRow]] = {}
         for task_id in task_ids:
             rows: list[ExperienceRow] = []

@@ -137,14 +137,20 @@ def iteration_record(result: dict[str, Any], iteration: int, seconds: float) -> 
 
 
 class Evaluator:
-    """Plays the test tasks with a module and writes the trials to an experience log."""
+    """Plays the test tasks with a module and writes the trials to an experience log: seed ``s``
+    (``env.seed``, ``env.seed + 1``, ... as ``retro-ray eval --seeds``) plays the split's
+    ``env.num_tasks`` tasks drawn with seed ``s``."""
 
     def __init__(self, cfg: Config, tokenizer: str) -> None:
-        self.env = TokenActionEnv(env_config(cfg, tokenizer, cfg.env.split))
-        tasks = self.env.tasks(cfg.env.split, cfg.env.num_tasks, cfg.env.seed)
-        self.task_ids = [t.task_id for t in tasks]
+        self.seeds = [cfg.env.seed + i for i in range(cfg.rl.eval_seeds)]
+        self.envs, self.tasks = {}, {}
+        for seed in self.seeds:
+            config = {**env_config(cfg, tokenizer, cfg.env.split), "seed": seed}
+            self.envs[seed] = env = TokenActionEnv(config)
+            self.tasks[seed] = [
+                t.task_id for t in env.tasks(cfg.env.split, cfg.env.num_tasks, seed)
+            ]
         self.trials = cfg.trials.max_trials
-        self.seeds = list(range(cfg.rl.eval_seeds))
 
     def run(self, module: Any, log: ExperienceLog, run_id: str) -> dict[str, Any]:
         import torch
@@ -154,7 +160,7 @@ class Evaluator:
             return module.forward_inference({Columns.OBS: obs})[Columns.ACTION_DIST_INPUTS]
 
         module.eval()
-        played = evaluate_policy(self.env, logits, self.task_ids, self.trials, self.seeds, RL_AGENT)
+        played = evaluate_policy(self.envs, logits, self.tasks, self.trials, RL_AGENT)
         rows = []
         for seed, per_task in played.items():
             for task_id, task_rows in per_task.items():
@@ -224,6 +230,7 @@ def run_rl_baseline(cfg: Config, log: Log = print) -> dict[str, Any]:
         algo.stop()
     table = agent_table(final["rows"], cfg.trials.max_trials)
     table["training_episodes"] = {RL_AGENT: episodes}
+    table["conditions"] = {RL_AGENT: FINAL_RUN}  # the partition the rows live in (report)
     (run_dir / "eval" / "table.json").write_text(json.dumps(table, indent=2))
     summary = {
         "run": cfg.run.name,
@@ -233,7 +240,7 @@ def run_rl_baseline(cfg: Config, log: Log = print) -> dict[str, Any]:
         "training_episodes": episodes,
         "iterations": iteration,
         "success_by_trial": final["success_by_trial"],
-        "eval_tasks": len(evaluator.task_ids),
+        "eval_tasks": cfg.env.num_tasks,
         "eval_seeds": len(evaluator.seeds),
         "trials": cfg.trials.max_trials,
         "checkpoint": str(checkpoint),

@@ -85,8 +85,8 @@ class TokenActionEnv(gymnasium.Env):
         config = dict(env_config or {})
         if "tokenizer" not in config:
             raise ValueError("TokenActionEnv needs env_config['tokenizer'] (a zoo model dir)")
+        self.family = family(str(config.get("name")))  # before building: a clear refusal
         self.text_env = GymTextEnv({k: v for k, v in config.items() if k not in _OWN_KEYS})
-        self.family = family(self.text_env.name)
         check_options(self.text_env.name, getattr(self.text_env.env, "options", None))
         self.encoder = TokenEncoder(config["tokenizer"], int(config.get("max_tokens", 160)))
         n = self.family.layout.size
