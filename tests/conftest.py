@@ -45,3 +45,15 @@ def zoo_tiny(tmp_path_factory: pytest.TempPathFactory):
     from retro_ray.zoo.build import build_zoo
 
     return build_zoo("tiny", cache_dir=tmp_path_factory.mktemp("zoo_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_architectures(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny random-weight models of the architectures users bring as their retrospective model
+    (``tests/support/architectures.py``: Llama 3, Qwen 2, Mistral, each with a chat template and
+    no pad token), built once per test session: ``{"llama3": Path, "qwen2": Path, "mistral":
+    Path}``."""
+    from tests.support.architectures import ARCHITECTURES, build_tiny_architecture
+
+    root = tmp_path_factory.mktemp("architectures")
+    return {arch: build_tiny_architecture(arch, root) for arch in ARCHITECTURES}
