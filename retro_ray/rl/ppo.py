@@ -188,7 +188,7 @@ def run_rl_baseline(cfg: Config, log: Log = print) -> dict[str, Any]:
         path.unlink(missing_ok=True)
     shutil.rmtree(run_dir / "curve", ignore_errors=True)
     budget, episodes, iteration, next_eval = cfg.rl.episodes, 0, 0, 0
-    checkpoint = run_dir / "checkpoint"
+    checkpoint = (run_dir / "checkpoint").resolve()  # RLlib wants an absolute path
     try:
         while True:
             if episodes >= next_eval:
