@@ -26,6 +26,7 @@ from retro_ray.config import Config, load_config
 from retro_ray.registry.validation import AdapterRejected, file_sha256
 from retro_ray.serve.launch import RunningApp, start, stop
 from retro_ray.serve.loadgen import RequestStream, failures, monotone_per_client
+from tests.support.conformance import check_app
 from tests.support.extras import require_vllm
 from tests.support.tiny_model import TinyModel, build_adapter, build_tiny_model
 
@@ -163,6 +164,13 @@ def test_openai_client_and_our_client_work(served: Served) -> None:
     (completion,) = asyncio.run(ours.generate(["> Search[Alice Kay]\n"], sampling))
     assert completion.token_ids == token_ids and completion.text == choice.text
     assert completion.logprobs == pytest.approx(choice.logprobs.token_logprobs)
+
+
+def test_every_body_conforms_to_openais_schema(served: Served) -> None:
+    """The completion model's app (torch backend) against OpenAI's published schema, on the base
+    model and on an adapter alias (tests/test_openai_conformance.py: the chat-template model)."""
+    for model in ("retrospective", "prod"):
+        assert check_app(served.url, model, TOKEN, 64, 20000) == []
 
 
 def test_curl_works_and_names_the_version(served: Served, tmp_path: Path) -> None:
@@ -523,6 +531,7 @@ def test_vllm_backend_behind_serve_hot_swaps(served: Served, tmp_path: Path) -> 
         assert choice["logprobs"]["token_logprobs"] == pytest.approx(
             ref["logprobs"]["token_logprobs"], abs=1e-3
         )
+        assert check_app(url, meta.name, TOKEN, 64, 20000) == []  # OpenAI's schema, on vLLM
         print(f"vLLM behind Serve: new version served {delay:.2f}s after publish")
     finally:
         stop(app)
