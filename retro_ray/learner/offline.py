@@ -14,8 +14,10 @@ failed trial: same prompt, same ``G(k)``), and the group baseline of
   *text* re-tokenised with our tokenizer (there are no engine ids to use); the ids may differ from
   what our engine would have sampled, which a likelihood weight tolerates and a ratio would not.
 
-Prompts are tokenised with the policy's tokenizer in both cases, as in online training (the log
-keeps the prompt text, and the prompt's ids are not trained).
+Prompt ids are the engine's, as logged (``reflection_prompt_token_ids``, schema 3: after the chat
+template where the reflector speaks chat), exactly what the sampled tokens followed; only rows
+without them (older logs, foreign logs) have their prompt text tokenised with the policy's
+tokenizer, which is right only for a completion-format prompt.
 
 Departure from the paper: Retroformer trains offline with SFT, then a learned reward model, then
 PPO. We do direct policy gradient on the *measured* rewards in the log with a group baseline: the
@@ -57,6 +59,7 @@ class OfflineGroup:
     rewards: tuple[float, ...]
     token_ids: tuple[list[int], ...] | None  # engine ids per reflection; None: foreign log
     logprobs: tuple[list[float], ...] | None  # behaviour log-probs per reflection token
+    prompt_ids: list[int] | None = None  # the engine's prompt ids; None: tokenise ``prompt``
 
     @property
     def has_logprobs(self) -> bool:
@@ -86,6 +89,7 @@ def load_groups(
         if len(members) < min_size:
             continue
         ours = all(r["reflection_token_ids"] and r["reflection_logprobs"] for r in members)
+        prompt_ids = _shared_prompt_ids(members, key)
         groups.append(
             OfflineGroup(
                 key=key,
@@ -94,9 +98,24 @@ def load_groups(
                 rewards=tuple(float(r["reward"]) for r in members),
                 token_ids=tuple(list(r["reflection_token_ids"]) for r in members) if ours else None,
                 logprobs=tuple(list(r["reflection_logprobs"]) for r in members) if ours else None,
+                prompt_ids=prompt_ids,
             )
         )
     return groups
+
+
+def _shared_prompt_ids(
+    members: Sequence[dict[str, Any]], key: tuple[str, int, str, int]
+) -> list[int] | None:
+    """The engine's prompt ids of a group (every member saw the same prompt), or None where the
+    log has none (schema < 3, foreign logs)."""
+    found = [r.get("reflection_prompt_token_ids") for r in members]
+    if not all(found):
+        return None
+    first = list(found[0])
+    if any(list(ids) != first for ids in found[1:]):
+        raise ValueError(f"group {key}: its reflections were sampled after different prompt ids")
+    return first
 
 
 def resolve_loss(groups: Sequence[OfflineGroup], loss: OfflineLoss = "auto") -> str:
@@ -116,7 +135,7 @@ def offline_config(config: LearnerConfig, loss_name: str) -> LearnerConfig:
 def offline_batches(
     groups: Sequence[OfflineGroup],
     tokenizer: Any,
-    pad_id: int,
+    pad_id: int | None,
     config: LearnerConfig,
     groups_per_batch: int,
     *,
@@ -144,14 +163,15 @@ def offline_batches(
 def group_batch(
     chunk: Sequence[OfflineGroup],
     tokenizer: Any,
-    pad_id: int,
+    pad_id: int | None,
     config: LearnerConfig,
     *,
     loss_name: str,
 ) -> tuple[ReflectionBatch, dict[str, float]]:
     """One batch of whole groups (advantages by the group baseline) and the advantage stats. With
-    ``rwr`` the behaviour log-probs are left out; rows without engine ids are re-tokenised from
-    their text (foreign logs only)."""
+    ``rwr`` the behaviour log-probs are left out. Prompt and reflection ids are the engine's;
+    only groups logged without them are tokenised from their text, with ``tokenizer`` (None:
+    such groups are an error). ``pad_id``: any id for padding positions (None: 0; masked)."""
     if not chunk:
         raise ValueError("no reflection groups: nothing to learn from")
     rewards = torch.tensor([r for g in chunk for r in g.rewards])
@@ -161,7 +181,9 @@ def group_batch(
     )
     prompt_ids, reflection_ids, logprobs = [], [], []
     for g in chunk:
-        p = tokenizer(g.prompt)["input_ids"]
+        if g.prompt_ids is None or g.token_ids is None:
+            _need_tokenizer(tokenizer, g)
+        p = g.prompt_ids if g.prompt_ids is not None else tokenizer(g.prompt)["input_ids"]
         for i, text in enumerate(g.reflections):
             prompt_ids.append(p)
             if g.token_ids is not None:
@@ -175,11 +197,19 @@ def group_batch(
         reflection_ids,
         advantages,
         group_ids,
-        pad_id=pad_id,
+        pad_id=0 if pad_id is None else pad_id,
         rewards=rewards,
         old_logprobs=logprobs if loss_name == "ppo_clip" and logprobs else None,
     )
     return batch, stats
+
+
+def _need_tokenizer(tokenizer: Any, group: OfflineGroup) -> None:
+    if tokenizer is None:
+        raise ValueError(
+            f"group {group.key} has no engine token ids (a log older than schema 3, or a "
+            "foreign one): pass the retrospective model's tokenizer to tokenise its text"
+        )
 
 
 def train_offline(

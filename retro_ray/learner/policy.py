@@ -35,7 +35,7 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from retro_ray.algo import (
     ReflectionBatch,
@@ -47,6 +47,7 @@ from retro_ray.algo import (
 )
 from retro_ray.config import LearnerConfig
 from retro_ray.llm.base import SamplingParams
+from retro_ray.llm.templates import pad_id, stop_token_ids
 from retro_ray.llm.torch_decode import DecodedRow, Decoder
 
 _GLOBAL_SUMS = frozenset({"loss", "pg_loss"})
@@ -86,9 +87,11 @@ class ReflectorPolicy:
         self.base_dir = Path(base_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_dir)
         self.tokenizer.padding_side = "left"
-        base = LlamaForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)
-        self.eos_token_id: int = base.config.eos_token_id
-        self.pad_token_id: int = base.config.pad_token_id
+        # Any causal LM peft can wrap (Llama, Qwen 2, Mistral, ...); its own eos ids (a chat
+        # model's end-of-turn among them) and a pad id even where the tokenizer has none.
+        base = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)
+        self.eos_token_ids = stop_token_ids(self.base_dir, self.tokenizer)
+        self.pad_token_id: int = pad_id(self.tokenizer)
         self.max_positions: int = base.config.max_position_embeddings
         lora = config.lora
         self.model = get_peft_model(
@@ -118,7 +121,7 @@ class ReflectorPolicy:
         rows: list[DecodedRow] = []
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
-            rows.extend(decoder.run(chunk, sampling, self.eos_token_id))
+            rows.extend(decoder.run(chunk, sampling, self.eos_token_ids))
         return rows
 
     def prompt_ids(self, prompts: Sequence[str]) -> list[list[int]]:

@@ -27,11 +27,13 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     token_ids: list[int] | None = None  # sampled token ids, from the engine (never re-tokenised)
+    prompt_token_ids: list[int] | None = None  # the prompt's ids as the engine saw them
     logprobs: list[float] | None = None  # log pi(token) per sampled token, where available
     finish_reason: str | None = None
     model: str = ""  # the model (and adapter version) that produced it
     latency_s: float = 0.0
     cost: float = 0.0  # at the configured price per token
+    adapter_version: int | None = None  # registry version that wrote it, where the server says
 
 
 @dataclass
@@ -102,6 +104,14 @@ class PinnedAdapter:
     async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
         pinned = dataclasses.replace(sampling, adapter=self.adapter)
         return await self.inner.generate(prompts, pinned)
+
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        if not isinstance(self.inner, ChatClient):
+            raise TypeError(f"{type(self.inner).__name__} takes no conversations (no chat)")
+        pinned = dataclasses.replace(sampling, adapter=self.adapter)
+        return await self.inner.chat(conversations, pinned)
 
 
 class EndpointError(RuntimeError):

@@ -22,17 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from retro_ray.algo.logprobs import token_logprobs
-from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.llm.base import ChatMessage, Completion, SamplingParams
 from retro_ray.llm.lora import AdapterSet
+from retro_ray.llm.templates import Prompt, chat_prompt_ids, encode_prompt, pad_id, stop_token_ids
 from retro_ray.llm.torch_decode import Decoder
 
 
 @dataclass
 class _Pending:
-    prompts: list[str]
+    prompts: list[Prompt]
     seed: int | None  # each request keeps its own seed inside a merged batch
     future: asyncio.Future[list[Completion]]
     enqueued: float = field(default_factory=time.perf_counter)
@@ -65,10 +66,16 @@ class TorchBackend:
         self.max_batch_size = max_batch_size
         self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(self.model_dir)
         self.tokenizer.padding_side = "left"
-        model = LlamaForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(self.device)
         model.eval()
         self.max_positions: int = model.config.max_position_embeddings
-        self.eos_token_id: int = model.config.eos_token_id
+        # Every token that ends a reply (a chat model's end-of-turn, Llama 3's two eos ids).
+        self.eos_token_ids = stop_token_ids(self.model_dir, self.tokenizer)
+        self.eos_token_id: int = (
+            self.tokenizer.eos_token_id
+            if self.tokenizer.eos_token_id is not None
+            else min(self.eos_token_ids)
+        )
         self._adapters = AdapterSet(model, self.device)
         for adapter_name, path in (adapters or {}).items():
             self._adapters.load(adapter_name, path)
@@ -99,8 +106,19 @@ class TorchBackend:
 
     # -- generation ---------------------------------------------------------------------------
 
-    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
-        """One completion per prompt, in order; merged with concurrent calls of equal sampling."""
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One assistant reply per conversation, through the tokenizer's chat template; a reply
+        ends at the model's end-of-turn token."""
+        ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        return await self.generate(ids, sampling)
+
+    async def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One completion per prompt (text, or the token ids to feed), in order; merged with
+        concurrent calls of equal sampling."""
         if not prompts:
             return []
         if sampling.adapter is not None and sampling.adapter not in self._adapters.names:
@@ -150,7 +168,7 @@ class TorchBackend:
 
     def generate_sync(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         sampling: SamplingParams,
         seeds: Sequence[int | None] | None = None,
     ) -> list[Completion]:
@@ -164,7 +182,7 @@ class TorchBackend:
             began = time.perf_counter()
             with self._lock, torch.inference_mode(), self._adapters.active(sampling.adapter) as m:
                 decoder = Decoder(m, self.tokenizer, self.device, self.max_positions)
-                rows = decoder.run(chunk, sampling, self.eos_token_id, seeds[start:stop])
+                rows = decoder.run(chunk, sampling, self.eos_token_ids, seeds[start:stop])
             latency = time.perf_counter() - began
             model = self.name if sampling.adapter is None else f"{self.name}:{sampling.adapter}"
             for row in rows:
@@ -172,6 +190,7 @@ class TorchBackend:
                     Completion(
                         text=row.text,
                         prompt_tokens=row.prompt_tokens,
+                        prompt_token_ids=row.prompt_token_ids,
                         completion_tokens=len(row.token_ids),
                         token_ids=row.token_ids,
                         logprobs=row.logprobs if sampling.logprobs else None,
@@ -186,7 +205,7 @@ class TorchBackend:
 
     async def score(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completion_token_ids: Sequence[Sequence[int]],
         adapter: str | None = None,
     ) -> list[list[float]]:
@@ -196,7 +215,7 @@ class TorchBackend:
 
     def score_sync(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         completion_token_ids: Sequence[Sequence[int]],
         adapter: str | None = None,
     ) -> list[list[float]]:
@@ -211,12 +230,12 @@ class TorchBackend:
         return out
 
     def _score_chunk(
-        self, prompts: Sequence[str], completions: Sequence[Sequence[int]], adapter: str | None
+        self, prompts: Sequence[Prompt], completions: Sequence[Sequence[int]], adapter: str | None
     ) -> list[list[float]]:
-        encoded = self.tokenizer(list(prompts))["input_ids"]
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
         rows = [list(p) + list(c) for p, c in zip(encoded, completions, strict=True)]
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
+        pad = pad_id(self.tokenizer)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         mask = torch.tensor(
             [[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device

@@ -11,18 +11,20 @@ never in the text.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from retro_ray.llm.base import SamplingParams
+from retro_ray.llm.templates import Prompt, encode_prompt, pad_id
 
 
 @dataclass
 class DecodedRow:
     prompt_tokens: int
+    prompt_token_ids: list[int] = field(default_factory=list)  # what the model saw
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str = ""
@@ -69,20 +71,25 @@ class Decoder:
 
     def run(
         self,
-        prompts: Sequence[str],
+        prompts: Sequence[Prompt],
         sampling: SamplingParams,
-        eos_token_id: int,
+        eos_token_ids: int | Collection[int],
         seeds: Sequence[int | None] | None = None,
     ) -> list[DecodedRow]:
-        """Decode every prompt; row ``b`` samples from a generator seeded with ``seeds[b]``
-        (default: ``sampling.seed`` for every row; unseeded rows draw from torch's global RNG)."""
-        encoded = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
-        ids = encoded["input_ids"].to(self.device)
-        mask = encoded["attention_mask"].to(self.device)
-        lengths = mask.sum(-1).tolist()
+        """Decode every prompt (text or token ids); a row ends at any of ``eos_token_ids``; row
+        ``b`` samples from a generator seeded with ``seeds[b]`` (default: ``sampling.seed`` for
+        every row; unseeded rows draw from torch's global RNG)."""
+        eos = frozenset([eos_token_ids] if isinstance(eos_token_ids, int) else eos_token_ids)
+        encoded = [encode_prompt(self.tokenizer, p) for p in prompts]
+        lengths = [len(e) for e in encoded]
+        if min(lengths) == 0:
+            raise ValueError("empty prompt: a prompt needs at least one token")
         if max(lengths) >= self.max_positions:
             raise ValueError(f"prompt of {max(lengths)} tokens exceeds {self.max_positions}")
-        rows = [DecodedRow(prompt_tokens=n) for n in lengths]
+        width, pad = max(lengths), pad_id(self.tokenizer)
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=self.device)
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=self.device)
+        rows = [DecodedRow(prompt_tokens=len(e), prompt_token_ids=e) for e in encoded]
         budgets = [min(sampling.max_tokens, self.max_positions - n) for n in lengths]
         seeds = list(seeds) if seeds is not None else [sampling.seed] * len(prompts)
         generators = None
@@ -105,9 +112,7 @@ class Decoder:
             raw = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
             for b, (token, logprob) in enumerate(zip(tokens.tolist(), raw.tolist(), strict=True)):
                 if live[b]:
-                    live[b] = self._append(
-                        rows[b], token, logprob, sampling, eos_token_id, budgets[b]
-                    )
+                    live[b] = self._append(rows[b], token, logprob, sampling, eos, budgets[b])
             if not any(live):
                 break
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
@@ -133,13 +138,13 @@ class Decoder:
         token: int,
         logprob: float,
         sampling: SamplingParams,
-        eos_token_id: int,
+        eos: frozenset[int],
         budget: int,
     ) -> bool:
         """Record one token; return whether the row continues."""
         row.token_ids.append(token)
         row.logprobs.append(logprob)
-        if token == eos_token_id:
+        if token in eos:
             row.finish_reason = "stop"
             return False
         if sampling.stop:

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.llm.base import ChatMessage, Completion, SamplingParams
+from retro_ray.llm.templates import Prompt, chat_prompt_ids, encode_prompt, stop_token_ids
 
 
 def cpu_engine_env(cpu_threads: int, kv_cache_gib: int) -> dict[str, str]:
@@ -121,6 +122,9 @@ class VLLMBackend:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        # Every token that ends a reply, passed with each request: vLLM stops at the tokenizer's
+        # eos by itself, not always at every id a chat model's generation config names.
+        self.eos_token_ids = stop_token_ids(self.model_dir, self.tokenizer)
         kwargs = engine_args(
             self.model_dir,
             on_gpu=on_gpu,
@@ -182,10 +186,21 @@ class VLLMBackend:
             stop=list(sampling.stop) or None,
             logprobs=0 if sampling.logprobs else None,  # 0: only the sampled token's log-prob
             seed=sampling.seed,
+            stop_token_ids=sorted(self.eos_token_ids),
         )
 
-    async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
-        """One completion per prompt, in order; the engine batches concurrent requests itself."""
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One assistant reply per conversation, through the tokenizer's chat template."""
+        ids = [chat_prompt_ids(self.tokenizer, c) for c in conversations]
+        return await self.generate(ids, sampling)
+
+    async def generate(
+        self, prompts: Sequence[Prompt], sampling: SamplingParams
+    ) -> list[Completion]:
+        """One completion per prompt (text, or the token ids to feed), in order; the engine
+        batches concurrent requests itself."""
         if sampling.adapter is not None and sampling.adapter not in self._loras:
             raise KeyError(f"unknown adapter {sampling.adapter!r}; loaded: {self.adapters}")
         lora = self._loras.get(sampling.adapter) if sampling.adapter else None
@@ -193,12 +208,15 @@ class VLLMBackend:
         model = self.name if sampling.adapter is None else f"{self.name}:{sampling.adapter}"
         return list(await asyncio.gather(*(self._one(p, params, lora, model) for p in prompts)))
 
-    async def _one(self, prompt: str, params: Any, lora: Any, model: str) -> Completion:
+    async def _one(self, prompt: Prompt, params: Any, lora: Any, model: str) -> Completion:
         began = time.perf_counter()
-        prompt_ids = self.tokenizer(prompt)["input_ids"]
+        prompt_ids = encode_prompt(self.tokenizer, prompt)
+        inputs: dict[str, Any] = {"prompt_token_ids": prompt_ids}
+        if isinstance(prompt, str):
+            inputs["prompt"] = prompt
         final = None
         async for output in self._engine.generate(
-            {"prompt_token_ids": prompt_ids, "prompt": prompt},
+            inputs,
             params,
             request_id=uuid.uuid4().hex,
             lora_request=lora,
@@ -215,6 +233,7 @@ class VLLMBackend:
         return Completion(
             text=out.text,
             prompt_tokens=len(prompt_ids),
+            prompt_token_ids=prompt_ids,
             completion_tokens=len(token_ids),
             token_ids=token_ids,
             logprobs=logprobs,
