@@ -16,7 +16,8 @@ for ``--budget-multiple`` times the budget and evaluating every quarter budget, 
 - ``rl_episodes_to_match``: the episodes consumed at the first evaluation whose success reaches
   Retroformer's (null when none did within ``rl_budget_tried``; ``rl_best_success`` then says
   how far it got);
-- Retroformer's figures beside them. A family the Retroformer run did not train on has no
+- Retroformer's figures beside them. A run stopped before its end (no ``summary.json``) is read
+  up to its last evaluation (``rl_run_finished`` false; ``rl_budget_tried`` = that point). A family the Retroformer run did not train on has no
   Retroformer figures (null) and is trained on the same budget.
 
     python -m benchmarks.rl_baseline --retroformer-run runs/demo/train --json
@@ -105,7 +106,8 @@ def compare(rl_dir: Path, budget: int, retro: dict[str, Any] | None) -> dict[str
     """The figures of the module docstring from an rl-baseline run directory."""
     curve = [json.loads(x) for x in (rl_dir / "curve.jsonl").read_text().splitlines() if x]
     points = [(int(p["episodes"]), float(p["success_by_trial"][-1])) for p in curve]
-    summary = json.loads((rl_dir / "summary.json").read_text())
+    summary_path = rl_dir / "summary.json"  # absent: the run was stopped before its end
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
     at_budget = next(((e, s) for e, s in points if e >= budget), None)
     target = retro["success"] if retro else None
     match = next((e for e, s in points if target is not None and s >= target), None)
@@ -115,11 +117,12 @@ def compare(rl_dir: Path, budget: int, retro: dict[str, Any] | None) -> dict[str
         "rl_success_at_budget": at_budget[1] if at_budget else None,
         "rl_episodes_at_budget": at_budget[0] if at_budget else None,
         "rl_episodes_to_match": match,
-        "rl_budget_tried": summary["training_episodes"],
+        "rl_run_finished": summary is not None,
+        "rl_budget_tried": summary["training_episodes"] if summary else points[-1][0],
         "rl_best_success": max(s for _, s in points),
-        "rl_final_success_by_trial": summary["success_by_trial"],
+        "rl_final_success_by_trial": (summary or curve[-1])["success_by_trial"],
         "rl_curve": [{"episodes": e, "success": s} for e, s in points],
-        "rl_wall_time_s": summary["wall_time_s"],
+        "rl_wall_time_s": summary["wall_time_s"] if summary else None,
         "retroformer_success": target,
         "retroformer_training_episodes": retro["training_episodes"] if retro else None,
         "reflexion_success": retro["reflexion_success"] if retro else None,

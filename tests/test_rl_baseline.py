@@ -178,3 +178,43 @@ def test_ppo_iterations_report_rllibs_policy_loss_and_mean_return(
         assert type(restored.get_module()).__name__ == "TokenPolicyModule"
     finally:
         restored.stop()
+
+
+def test_report_draws_the_rl_curve_beside_retroformers(tmp_path) -> None:
+    """``retro-ray report RUN --baseline RL_RUN``: the baseline's rows join the evaluation and
+    its curve is drawn with Retroformer's (0 episodes: Reflexion; the training log's rows:
+    Retroformer)."""
+    from retro_ray.report import build_report
+    from retro_ray.rollout.experience import ExperienceLog
+    from tests.test_report import MAX_TRIALS, eval_row, write_eval, write_train
+
+    run = tmp_path / "retro"
+    write_train(run)
+    write_eval(run)
+    (run / "eval" / "table.json").write_text(json.dumps({"trials": MAX_TRIALS, "agents": {}}))
+    rl = tmp_path / "rl"
+    log = ExperienceLog(rl / "eval" / "experience")
+    for seed in (0, 1):
+        for i, solved_at in enumerate([1, None, 0, 2]):
+            task = f"lookup-test-{seed}-{i}"
+            played = MAX_TRIALS if solved_at is None else solved_at + 1
+            rows = [eval_row("rl-ppo", task, k, k == solved_at) for k in range(played)]
+            log.write_episode("eval-rl-ppo", seed, task, rows)
+    table = {"trials": MAX_TRIALS, "seeds": [0, 1], "conditions": {"rl-ppo": "eval-rl-ppo"}}
+    (rl / "eval" / "table.json").write_text(json.dumps(table))
+    curve = [{"episodes": 0, "success_by_trial": [0.0, 0.1, 0.2]},
+             {"episodes": 120, "success_by_trial": [0.2, 0.5, 0.75]}]  # fmt: skip
+    (rl / "curve.jsonl").write_text("".join(json.dumps(c) + "\n" for c in curve))
+
+    report = build_report(run, tmp_path / "out", baselines=[rl])
+    agents = report["evaluation"]["agents"]
+    assert agents["rl-ppo"]["mean"] == [0.25, 0.5, 0.75]
+    curves = report["learning_curves"]
+    train_rows = ExperienceLog(run / "experience").read(columns=["task_id"]).num_rows
+    assert curves["retroformer"] == [
+        {"episodes": 0, "success": agents["reflexion"]["mean"][-1]},
+        {"episodes": train_rows, "success": agents["retroformer"]["mean"][-1]},
+    ]
+    assert curves["rl-ppo"][-1] == {"episodes": 120, "success": 0.75}
+    assert (tmp_path / "out" / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
+    assert "RL (RLlib PPO)" in (tmp_path / "out" / "index.html").read_text()
