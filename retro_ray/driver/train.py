@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retro_ray.config import Config, ConfigError
+from retro_ray.config import ActorConfig, Config, ConfigError
 from retro_ray.driver.loop import (  # noqa: F401  (earlier_records: the resume tests use it)
     TrainingLoop,
     earlier_records,
@@ -41,19 +41,35 @@ from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
 
 def resolve_models(cfg: Config) -> Config:
-    """Fill in the zoo's models where the config names none (built on first use)."""
-    if cfg.actor.model_dir is not None and cfg.serve.model_dir is not None:
+    """Fill in the zoo's models where the config names none (built on first use): the
+    retrospective model when ``serve.model_dir`` is unset, the actor when it is an LLM with neither
+    a ``model_dir`` nor an endpoint of its own (``uses_zoo_actor``)."""
+    fill_actor = uses_zoo_actor(cfg.actor)
+    if not fill_actor and cfg.serve.model_dir is not None:
         return cfg
     from retro_ray.zoo.build import build_zoo
 
     zoo = build_zoo(cfg.serve.zoo_recipe)
     actor = cfg.actor
-    if actor.policy == "llm" and actor.model_dir is None:
+    if fill_actor:
         actor = dataclasses.replace(actor, model_dir=str(zoo.actor_dir))
     serve = cfg.serve
     if serve.model_dir is None:
         serve = dataclasses.replace(serve, model_dir=str(zoo.retrospective_dir))
     return dataclasses.replace(cfg, actor=actor, serve=serve)
+
+
+def uses_zoo_actor(actor: ActorConfig) -> bool:
+    """An LLM actor that names no model: no ``model_dir`` and the endpoint's placeholder base URL
+    and model name (the embedded default). An actor endpoint the config names (a cloud chat
+    model, a vLLM server) is what the run uses; before, it was replaced by the zoo's tiny actor."""
+    placeholder = ActorConfig().endpoint
+    endpoint = actor.endpoint
+    return (
+        actor.policy == "llm"
+        and actor.model_dir is None
+        and (endpoint.base_url, endpoint.model) == (placeholder.base_url, placeholder.model)
+    )
 
 
 def with_reflector_endpoint(cfg: Config, url: str) -> Config:
