@@ -1,24 +1,26 @@
-"""Rollout throughput: the Ray pool against a sequential Reflexion-style loop, same tasks, same actor.
+"""Rollout throughput: sequential, one process at concurrency c, and the Ray pool, same tasks.
 
 The actor is the zoo's tiny actor, recorded once (greedy, so a replay walks the same
 trajectories) and replayed by ``benchmarks.replay_server`` after ``--delay-s`` (default 200 ms): a
 remote LLM whose latency dominates. Reflections come from the trajectory oracle (code), so every
-LLM call is an actor call. Measured side by side in one run:
+LLM call is an actor call. Every call must be answered from the recording (a miss stops the run;
+``replay_hit_rate`` is 1.0). Measured side by side, ``--repeats`` interleaved times (medians):
 
 - ``sequential``: ``TrialLoop.run_tasks`` with concurrency 1 in this process (Reflexion's loop);
-- the pool at total concurrency 1, 16, 64 and 256 (episodes in flight over ``--workers``):
-  ``speedup_vs_sequential`` (episodes/s over the sequential loop's) and ``efficiency``
-  (episodes/s over concurrency / sequential episode latency: 1.0 is perfect overlap);
+  its episode latency is the yardstick;
+- ``local@c``: the project's single-process executor (``LocalCollector``: a rollout worker's
+  ``EpisodeRunner`` on one event loop, Parquet log included) with ``c`` episodes in flight;
+- ``pool@c``: the Ray pool, ``c`` in flight over ``--workers`` (default: one per core);
+  ``pool_httpx@c``: the same at the highest ``c`` with the OpenAI SDK's default httpx transport
+  (the others use its aiohttp transport, ``actor.endpoint.http_transport``);
+- per row: actor calls/s, ``efficiency`` (episodes/s over c / sequential episode latency: 1.0 is
+  perfect overlap) and CPU ms per call in the driver, the workers and the replay server;
+  ``worker_capacity_calls_per_s_per_core`` (1000 / worker CPU ms per call at the highest c) sizes
+  the workers: a node needs (calls/s wanted) / capacity cores of rollout workers;
 - memory: resident memory of the driver and of each worker after N and after 10N more episodes
-  (against a fast replay), as a ratio;
-- CPU seconds per LLM call in the driver, the workers and the replay server (the profile that
-  says where the pool saturates: it runs out of the machine's cores, not of concurrency).
+  (against a fast replay), as a ratio.
 
-Measured here (2 shared cores, 2 workers, 200 ms): efficiency 0.97 at 16 and 0.90 at 64
-(speedup 58); at 256 it saturates near 330 actor calls/s (efficiency 0.26). py-spy on a worker:
-about 70% of its CPU is the OpenAI SDK's request path (httpx, httpcore, anyio), about 8% the
-Parquet writes; at about 3 ms of worker CPU per call, one event-loop thread per worker tops out
-near 330 calls/s per core. More workers on more cores (or nodes) scale it; 2 cores cannot.
+Figures: see the README's performance section (the command, the commit and the machine's load).
 
     python -m benchmarks.rollout --json
 """
@@ -30,6 +32,7 @@ import asyncio
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,7 @@ from retro_ray.agents.build import build_trial_loop, config_for_agent
 from retro_ray.config import Config
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.llm.openai_client import OpenAIClient
 from retro_ray.rollout.worker import rss_bytes
 from retro_ray.run_config import load_run_config
 
@@ -51,10 +55,18 @@ MODE = "trajectory-oracle"
 CONCURRENCIES = (1, 16, 64, 256)
 
 
-def bench_config(base_url: str, workers: int, per_worker: int) -> Config:
+def bench_config(
+    base_url: str,
+    workers: int,
+    per_worker: int,
+    transport: str = "aiohttp",
+    trials_concurrency: int = 1,
+) -> Config:
     return load_run_config(
         None,
         [
+            f"actor.endpoint.http_transport={transport}",
+            f"trials.concurrency={trials_concurrency}",
             "env.name=lookup",
             "env.split=test",
             "actor.policy=llm",
@@ -154,41 +166,101 @@ def own_cpu() -> float:
 # -- the measurements ---------------------------------------------------------------------------
 
 
-def sequential(base_url: str, n: int) -> dict[str, Any]:
-    cfg = config_for_agent(bench_config(base_url, 1, 1), MODE)
-    loop = build_trial_loop(cfg)
+def sequential(base_url: str, n: int, transport: str) -> dict[str, Any]:
+    """Reflexion's loop: one episode after another in this process."""
+    cfg = config_for_agent(bench_config(base_url, 1, 1, transport), MODE)
+    client = OpenAIClient(cfg.actor.endpoint)
+    loop = build_trial_loop(cfg, actor_client=client)
+
+    async def play() -> list[Any]:
+        try:
+            return await loop.run_tasks(tasks_of(cfg, n), concurrency=1)
+        finally:
+            await client.aclose()
+
     start = time.monotonic()
-    results = asyncio.run(loop.run_tasks(tasks_of(cfg, n), concurrency=1))
+    results = asyncio.run(play())
     seconds = time.monotonic() - start
     calls = sum(t.steps for r in results for t in r.trials)  # one actor call per step
-    return {"episodes": n, "seconds": seconds, "episodes_per_s": n / seconds, "actor_calls": calls}
+    return {
+        "episodes": n,
+        "seconds": seconds,
+        "episodes_per_s": n / seconds,
+        "episode_latency_s": seconds / n,
+        "actor_calls": calls,
+        "actor_calls_per_s": calls / seconds,
+    }
+
+
+def local_run(
+    base_url: str, server_pid: int, concurrency: int, n: int, log_root: Path, transport: str
+) -> dict[str, Any]:
+    """The project's own single-process executor (``LocalCollector``: a rollout worker's
+    ``EpisodeRunner`` on one event loop, Parquet log included) at ``concurrency``."""
+    from retro_ray.rollout.experience import ExperienceLog
+    from retro_ray.rollout.local import LocalCollector
+
+    cfg = bench_config(base_url, 1, concurrency, transport, trials_concurrency=concurrency)
+    tasks = tasks_of(cfg, n)
+    collector = LocalCollector(
+        cfg,
+        f"local{concurrency}-{time.monotonic_ns()}",
+        ExperienceLog(log_root),
+        actor_client=None,
+        reflector_client=None,
+        mode=MODE,
+    )
+    cpu0, server0, calls0 = own_cpu(), cpu_of(server_pid), server_stats(base_url)
+    report = collector.collect(tasks, iteration=0)
+    calls = served(base_url, calls0)
+    return {
+        "concurrency": concurrency,
+        "episodes": len(report.summaries),
+        "seconds": report.seconds,
+        "episodes_per_s": len(report.summaries) / report.seconds,
+        "actor_calls": calls,
+        "actor_calls_per_s": calls / report.seconds,
+        "cpu_ms_per_call": {
+            "process": 1e3 * (own_cpu() - cpu0) / calls,
+            "replay_server": 1e3 * (cpu_of(server_pid) - server0) / calls,
+        },
+    }
 
 
 def pool_run(
-    base_url: str, server_pid: int, concurrency: int, workers: int, n: int, log_root: Path
+    base_url: str,
+    server_pid: int,
+    concurrency: int,
+    workers: int,
+    n: int,
+    log_root: Path,
+    transport: str,
 ) -> dict[str, Any]:
     import ray
 
     from retro_ray.rollout.pool import RolloutPool
 
     workers = min(workers, concurrency)
-    cfg = bench_config(base_url, workers, -(-concurrency // workers))
+    cfg = bench_config(base_url, workers, -(-concurrency // workers), transport)
     tasks = tasks_of(cfg, n)
-    with RolloutPool(cfg, MODE, f"c{concurrency}", log_root, progress=False) as pool:
+    run_id = f"pool{concurrency}-{transport}"
+    with RolloutPool(cfg, MODE, run_id, log_root, progress=False) as pool:
         pool.wait_ready()
         before = ray.get([h.process_stats.remote() for h in pool.handles])
         cpu0, server0, calls0 = own_cpu(), cpu_of(server_pid), server_stats(base_url)
         report = pool.collect(tasks)
         after = ray.get([h.process_stats.remote() for h in pool.handles])
-        calls = sum(server_stats(base_url)[k] - calls0[k] for k in ("hits", "misses"))
+        calls = served(base_url, calls0)
         worker_cpu = sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before, strict=True))
     return {
         "concurrency": concurrency,
         "workers": workers,
+        "transport": transport,
         "episodes": len(report.summaries),
         "seconds": report.seconds,
         "episodes_per_s": len(report.summaries) / report.seconds,
         "actor_calls": calls,
+        "actor_calls_per_s": calls / report.seconds,
         "cpu_ms_per_call": {
             "driver": 1e3 * (own_cpu() - cpu0) / calls,
             "workers": 1e3 * worker_cpu / calls,
@@ -199,13 +271,26 @@ def pool_run(
     }
 
 
+def served(base_url: str, before: dict[str, int]) -> int:
+    """Calls the replay server answered since ``before``; every one must be a recorded prompt."""
+    now = server_stats(base_url)
+    misses = now["misses"] - before["misses"]
+    if misses:
+        raise RuntimeError(
+            f"the replay server answered {misses} prompts missing from its recording: the "
+            "episodes left the recorded trajectories, so their timings are not comparable. "
+            "Delete the cached recording (--cache) to record it again."
+        )
+    return now["hits"] - before["hits"]
+
+
 def memory_run(base_url: str, workers: int, n: int, log_root: Path) -> dict[str, Any]:
     """RSS after n episodes, then after 10n more, on one pool (tasks reused across iterations)."""
     import ray
 
     from retro_ray.rollout.pool import RolloutPool
 
-    cfg = bench_config(base_url, workers, 32)
+    cfg = bench_config(base_url, workers, 32, "aiohttp")
     tasks = tasks_of(cfg, n)
     with RolloutPool(cfg, MODE, "memory", log_root, progress=False) as pool:
         pool.collect(tasks, iteration=0)
@@ -230,15 +315,46 @@ def memory_run(base_url: str, workers: int, n: int, log_root: Path) -> dict[str,
     }
 
 
+def median_of(rows: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], latency: float) -> dict[str, Any]:
+    """Medians over repeats of each (executor, concurrency): calls/s, speedup, efficiency."""
+    out: dict[str, Any] = {}
+    for name, rows in runs.items():
+        c = rows[0]["concurrency"]
+        eps = median_of(rows, "episodes_per_s")
+        out[name] = {
+            "concurrency": c,
+            "repeats": len(rows),
+            "episodes_per_s": eps,
+            "actor_calls_per_s": median_of(rows, "actor_calls_per_s"),
+            "efficiency": statistics.median(r["episodes_per_s"] / (c / latency) for r in rows),
+            "efficiency_each": [r["episodes_per_s"] / (c / latency) for r in rows],
+            "cpu_ms_per_call": {
+                k: statistics.median(r["cpu_ms_per_call"][k] for r in rows)
+                for k in rows[0]["cpu_ms_per_call"]
+            },
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--delay-s", type=float, default=0.2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--waves", type=int, default=4, help="episodes per concurrency slot")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--waves", type=int, default=2, help="episodes per concurrency slot")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     parser.add_argument("--sequential-episodes", type=int, default=5)
     parser.add_argument("--memory-episodes", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCIES))
+    parser.add_argument(
+        "--baseline-transport",
+        default="httpx",
+        help="the pool also runs at the highest concurrency with this transport ('' for none)",
+    )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/retro_ray/bench")
     args = parser.parse_args()
 
@@ -251,25 +367,55 @@ def main() -> None:
         "delay_s": args.delay_s,
         "cores": os.cpu_count(),
         "workers": args.workers,
+        "repeats": args.repeats,
+        "load_avg_1m_start": os.getloadavg()[0],
     }
+    runs: dict[str, list[dict[str, Any]]] = {}
+    sequentials = []
+    top = max(args.concurrency)
     with tempfile.TemporaryDirectory() as tmp, replay_server(path, args.delay_s) as (url, pid):
-        seq = sequential(url, args.sequential_episodes)
-        latency = seq["seconds"] / seq["episodes"]
-        out["sequential"] = {**seq, "episode_latency_s": latency}
-        rows = []
-        for c in args.concurrency:
-            n = max(c * args.waves, args.waves)
-            row = pool_run(url, pid, c, args.workers, n, Path(tmp) / "log")
-            row["speedup_vs_sequential"] = row["episodes_per_s"] / seq["episodes_per_s"]
-            row["efficiency"] = row["episodes_per_s"] / (c / latency)
-            rows.append(row)
-            print(
-                f"concurrency {c}: {row['episodes_per_s']:.2f} episodes/s, speedup "
-                f"{row['speedup_vs_sequential']:.1f}, efficiency {row['efficiency']:.2f}",
-                file=sys.stderr,
-            )
-        out["pool"] = rows
+        for repeat in range(args.repeats):  # interleaved: the machine's load hits every row alike
+            log = Path(tmp) / f"log{repeat}"
+            sequentials.append(sequential(url, args.sequential_episodes, "aiohttp"))
+            for c in args.concurrency:
+                n = max(c * args.waves, args.waves)
+                runs.setdefault(f"local@{c}", []).append(
+                    local_run(url, pid, c, n, log, "aiohttp")
+                )
+                runs.setdefault(f"pool@{c}", []).append(
+                    pool_run(url, pid, c, args.workers, n, log, "aiohttp")
+                )
+                if c == top and args.baseline_transport:
+                    runs.setdefault(f"pool_{args.baseline_transport}@{c}", []).append(
+                        pool_run(url, pid, c, args.workers, n, log, args.baseline_transport)
+                    )
+                print(
+                    f"repeat {repeat} concurrency {c}: local "
+                    f"{runs[f'local@{c}'][-1]['actor_calls_per_s']:.0f} calls/s, pool "
+                    f"{runs[f'pool@{c}'][-1]['actor_calls_per_s']:.0f} calls/s",
+                    file=sys.stderr,
+                )
         out["replay"] = server_stats(url)
+    latency = statistics.median(s["episode_latency_s"] for s in sequentials)
+    out["sequential"] = {
+        "episode_latency_s": latency,
+        "episodes_per_s": statistics.median(s["episodes_per_s"] for s in sequentials),
+        "actor_calls_per_s": statistics.median(s["actor_calls_per_s"] for s in sequentials),
+        "repeats": len(sequentials),
+    }
+    out["runs"] = summarize(runs, latency)
+    for c in args.concurrency:
+        out[f"efficiency@{c}"] = out["runs"][f"pool@{c}"]["efficiency"]
+        out[f"local_efficiency@{c}"] = out["runs"][f"local@{c}"]["efficiency"]
+        out[f"speedup_vs_sequential@{c}"] = (
+            out["runs"][f"pool@{c}"]["episodes_per_s"] / out["sequential"]["episodes_per_s"]
+        )
+    hits, misses = out["replay"]["hits"], out["replay"]["misses"]
+    out["replay_hit_rate"] = hits / (hits + misses)
+    assert out["replay_hit_rate"] == 1.0, out["replay"]  # served() raised before, this says so
+    capacity = 1e3 / out["runs"][f"pool@{top}"]["cpu_ms_per_call"]["workers"]
+    out["worker_capacity_calls_per_s_per_core"] = capacity
+    out["load_avg_1m_end"] = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, replay_server(path, 0.01) as (url, _):
         out["memory"] = memory_run(url, args.workers, args.memory_episodes, Path(tmp) / "log")
     ray.shutdown()

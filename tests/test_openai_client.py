@@ -405,3 +405,44 @@ def test_a_key_with_a_trailing_newline_is_sent_stripped(server, monkeypatch):
     (out,) = run_generate(client, ["open the box"], SamplingParams(max_tokens=8))
     assert out.text.startswith("> take[box]")
     assert server.requests[-1].headers["authorization"] == "Bearer sk-test-key"
+
+
+# ------------------------------------------------------------------------------------------------
+# Transport: the SDK's aiohttp or httpx client, connections kept alive and reused
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_transport_reuses_keep_alive_connections(transport):
+    """Three rounds of 24 requests, at most 8 in flight: every round after the first reuses the
+    first round's connections (at most 8 ever opened), through the transport configured."""
+    from benchmarks.replay_server import ReplayServer, prompt_key
+
+    prompts = [f"p{i}" for i in range(24)]
+    replay = ReplayServer({prompt_key(p): p.upper() for p in prompts}, 0.02, "missing")
+    opened = []
+
+    async def counted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        opened.append(writer.get_extra_info("peername"))
+        await replay.handle(reader, writer)
+
+    async def main() -> list:
+        listener = await asyncio.start_server(counted, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        config = EndpointConfig(
+            base_url=f"http://127.0.0.1:{port}/v1", max_concurrency=8, http_transport=transport
+        )
+        client = OpenAIClient(config)
+        try:
+            rounds = [await client.generate(prompts, SamplingParams(max_tokens=4)) for _ in "abc"]
+            kind = type(client._client._client).__name__  # the SDK's HTTP client
+        finally:
+            await client.aclose()
+            listener.close()
+        return [rounds, kind]
+
+    rounds, kind = asyncio.run(main())
+    assert all([c.text for c in out] == [p.upper() for p in prompts] for out in rounds)
+    assert replay.hits == 72 and replay.misses == 0
+    assert 1 <= len(opened) <= 8  # 72 requests, never more connections than requests in flight
+    assert ("Aio" in kind) == (transport == "aiohttp")

@@ -19,7 +19,7 @@ What may change on resume (``RESUMABLE``), and why it is safe:
   ``micro_batch_size``, ``max_staleness``): the fields its own checkpoint hash leaves out as well;
 - serving's deployment (host, port, replicas and their resources, timeouts, logging) and the
   endpoints' transport settings (``api_key_env``, ``timeout_s``, ``max_retries``, ``backoff_s``,
-  ``max_concurrency``): where and how requests go, not what answers them.
+  ``max_concurrency``, ``http_transport``): where and how requests go, not what answers them.
 
 After an accepted resume ``config.json`` holds the new configuration (``retro-ray eval --run``
 reads it). Fields added to the configuration since the run was recorded compare against their
@@ -40,7 +40,14 @@ from retro_ray.durable import replace_durably
 
 CONFIG_FILE = "config.json"
 
-_ENDPOINT_TRANSPORT = ("api_key_env", "timeout_s", "max_retries", "backoff_s", "max_concurrency")
+_ENDPOINT_TRANSPORT = (
+    "api_key_env",
+    "timeout_s",
+    "max_retries",
+    "backoff_s",
+    "max_concurrency",
+    "http_transport",
+)
 _SERVE_DEPLOYMENT = (
     "host",
     "port",

@@ -113,12 +113,17 @@ class EpisodeRunner:
             raise ValueError(f"unknown collection mode {mode!r}; expected one of {MODES}")
         self.cfg = cfg if mode == TRAIN_MODE else config_for_agent(cfg, mode)
         self.mode, self.run_id, self.log, self.observer = mode, run_id, log, observer
+        self.built: list[LLMClient] = []  # clients made here (not given): aclose() closes them
         if self.cfg.actor.policy == "llm":
-            actor_client = self._metered(actor_client or build_actor_client(cfg.actor), "actor")
+            if actor_client is None:
+                actor_client = build_actor_client(cfg.actor)
+                self.built.append(actor_client)
+            actor_client = self._metered(actor_client, "actor")
         if self.cfg.reflector.kind == "llm":
-            reflector_client = self._metered(
-                reflector_client or openai_client(self.cfg.reflector.endpoint), "reflector"
-            )
+            if reflector_client is None:
+                reflector_client = openai_client(self.cfg.reflector.endpoint)
+                self.built.append(reflector_client)
+            reflector_client = self._metered(reflector_client, "reflector")
         self.loop = build_trial_loop(self.cfg, actor_client, reflector_client)
         self.reflector: Reflector | None = self.loop.reflector
         if mode == TRAIN_MODE and isinstance(self.reflector, LLMReflector):
@@ -149,6 +154,14 @@ class EpisodeRunner:
             base.max_chars,
             name=TRAIN_ADAPTER,
         )
+
+    async def aclose(self) -> None:
+        """Close the connections of the clients this runner made, on the running event loop
+        (a client made for one ``asyncio.run`` must be closed before that loop ends)."""
+        for client in self.built:
+            aclose = getattr(client, "aclose", None)
+            if aclose is not None:
+                await aclose()
 
     async def run(self, spec: EpisodeSpec) -> EpisodeSummary:
         """Play the episode, write it to the log (atomically, one file), return its summary."""

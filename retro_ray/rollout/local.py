@@ -26,7 +26,10 @@ from retro_ray.rollout.pool import CollectionReport
 
 
 class LocalCollector:
-    """Plays training episodes of ``run_id`` on an event loop of its own, one per collection."""
+    """Plays episodes of ``run_id`` on an event loop of its own, one per collection: training
+    episodes by default, or those of another collection ``mode`` (``benchmarks.rollout`` runs its
+    evaluation mode here to compare one process with the pool). A client left ``None`` is built
+    from the config's endpoint, as a rollout worker builds it."""
 
     def __init__(
         self,
@@ -35,12 +38,13 @@ class LocalCollector:
         log: ExperienceLog,
         *,
         actor_client: LLMClient | None,
-        reflector_client: LLMClient,
+        reflector_client: LLMClient | None,
+        mode: str = TRAIN_MODE,
     ) -> None:
         self.cfg, self.run_id, self.log = cfg, run_id, log
         self.runner = EpisodeRunner(
             cfg,
-            TRAIN_MODE,
+            mode,
             run_id,
             log,
             actor_client=actor_client,
@@ -66,4 +70,7 @@ class LocalCollector:
             async with semaphore:
                 return await self.runner.run(EpisodeSpec(task, iteration))
 
-        return await gather_all([one(t) for t in tasks])
+        try:
+            return await gather_all([one(t) for t in tasks])
+        finally:
+            await self.runner.aclose()  # the clients it made belong to this collection's loop
