@@ -6,7 +6,15 @@ without one importing the other.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
+from pathlib import Path
+
+LOGS_ENV = "RETRO_RAY_RAY_LOGS"
+"""``console``: Ray's workers' output (Serve, vLLM, Ray Train) and Ray's INFO lines are streamed to
+this console as Ray does by default; anything else (the default): they stay in the Ray session's
+log folder, which :func:`connect_ray` names, and the console shows the command's own progress."""
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
@@ -15,15 +23,26 @@ def connect_ray(num_cpus: int | None = None) -> None:
     Ray runs on this machine (Ray would otherwise join that one and refuse ``num_cpus``), with
     logical CPUs declared (2-core machines deadlock on real CPU accounting) and the dashboard:
     users watch it, and Ray Train's placement-group cleaner polls the state API it serves
-    (without it the cleaner warns every few seconds)."""
+    (without it the cleaner warns every few seconds). Ray's INFO lines and its workers' output go
+    to the session's log folder, named on stderr, unless ``RETRO_RAY_RAY_LOGS=console``."""
     import ray
 
     if ray.is_initialized():
         return
+    console = os.environ.get(LOGS_ENV, "file") == "console"
+    quiet: dict = {} if console else {"log_to_driver": False, "logging_level": logging.WARNING}
     if joins_cluster():
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        context = ray.init(address=os.environ["RAY_ADDRESS"], **quiet)
     else:
-        ray.init(address="local", num_cpus=num_cpus or 8, include_dashboard=True)
+        context = ray.init(address="local", num_cpus=num_cpus or 8, include_dashboard=True, **quiet)
+    if not console:
+        # Serve sets its logger's level itself when it starts: a filter outlives that.
+        logging.getLogger("ray.serve").addFilter(lambda record: record.levelno >= logging.WARNING)
+        logs = Path(context.address_info["session_dir"]) / "logs"
+        print(
+            f"[ray] Ray's, Serve's and vLLM's logs: {logs} ({LOGS_ENV}=console to see them here)",
+            file=sys.stderr,
+        )
 
 
 def joins_cluster() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,16 @@ def retro_ray_cli(tmp_path: Path, *args: str) -> str:
     cmd = [sys.executable, "-m", "retro_ray.cli", *args]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
+    # The console shows the command's own lines; Ray's, Serve's and the workers' go to the Ray
+    # session's log folder, which the command names (retro_ray.ray_cluster).
+    relayed = [line for line in done.stderr.splitlines() if RAY_CONSOLE_LINE.search(line)]
+    assert not relayed, relayed[:5]
+    if args[0] == "train":  # starts a local Ray
+        assert "[ray] Ray's, Serve's and vLLM's logs: " in done.stderr
     return done.stdout
+
+
+RAY_CONSOLE_LINE = re.compile(r"\((\w|[:.-])+ pid=\d+\)|^INFO \S+ \S+ serve \d+ --")
 
 
 def run_train_tiny(tmp_path: Path, *overrides: str) -> tuple[dict[str, Any], list[dict]]:
