@@ -51,3 +51,38 @@ def test_tiny_architecture_layout_and_tokenizer(tiny_architectures, arch: str) -
         assert not config.tie_word_embeddings
     marker = json.loads((directory / "tiny_architecture.json").read_text())
     assert marker["arch"] == arch
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_registry_takes_each_architectures_adapter_and_names_absent_modules(
+    tiny_architectures, tmp_path, arch: str
+) -> None:
+    """An adapter our learner saves for the architecture publishes (its projection names and
+    shapes check out); one that targets a module the model does not have is refused, naming it
+    and the architecture; a base model of an architecture the registry cannot check is refused."""
+    import shutil
+
+    from retro_ray.config import LearnerConfig
+    from retro_ray.learner.policy import ReflectorPolicy
+    from retro_ray.registry import AdapterRegistry
+    from retro_ray.registry.validation import AdapterRejected, BaseShapes
+
+    directory = tiny_architectures[arch]
+    policy = ReflectorPolicy(directory, LearnerConfig())
+    adapter = policy.save_adapter(tmp_path / "adapter")
+    registry = AdapterRegistry(tmp_path / "registry", directory, "retro", max_lora_rank=8)
+    assert registry.publish(adapter).version == 1
+    bad = tmp_path / "bad"
+    shutil.copytree(adapter, bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    config["target_modules"] = [*config["target_modules"], "c_attn"]
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterRejected, match=rf"\['c_attn'\].*{FAMILIES[arch].model_class}"):
+        registry.publish(bad)
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    model_config = json.loads((directory / "config.json").read_text())
+    model_config["architectures"] = ["GPT2LMHeadModel"]
+    (other / "config.json").write_text(json.dumps(model_config))
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*supported"):
+        BaseShapes.from_model_dir(other)

@@ -18,6 +18,7 @@ from retro_ray.agents.actors import (
 from retro_ray.agents.reflectors import (
     GroundTruthReflector,
     LLMReflector,
+    PromptFormat,
     Reflector,
     TrajectoryOracleReflector,
     VagueReflector,
@@ -27,6 +28,7 @@ from retro_ray.config import ActorConfig, Config, EndpointConfig, ReflectorConfi
 from retro_ray.envs.benchmark import BenchmarkEnv
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.base import ChatClient, LLMClient, SamplingParams
+from retro_ray.llm.templates import dir_has_chat_template, has_chat_template
 
 Agent = Literal[
     "react", "reflexion", "retroformer", "vague", "trajectory-oracle", "ground-truth-oracle"
@@ -110,7 +112,27 @@ def build_actor(cfg: ActorConfig, env: object, client: LLMClient | None = None) 
     )
 
 
-def build_reflector(cfg: ReflectorConfig, client: LLMClient | None = None) -> Reflector | None:
+def resolve_prompt_format(
+    cfg: ReflectorConfig, client: object = None, model_dir: str | None = None
+) -> PromptFormat:
+    """``cfg.prompt_format``, with ``auto`` decided by the retrospective model's tokenizer: the
+    local engine's (``client.tokenizer``) or the one saved in ``model_dir`` (``serve.model_dir``);
+    ``completion`` when there is neither (the zoo's models have no chat template)."""
+    if cfg.prompt_format != "auto":
+        return cfg.prompt_format
+    tokenizer = getattr(client, "tokenizer", None)
+    if tokenizer is not None:
+        return "chat" if has_chat_template(tokenizer) else "completion"
+    if model_dir is not None:
+        return "chat" if dir_has_chat_template(model_dir) else "completion"
+    return "completion"
+
+
+def build_reflector(
+    cfg: ReflectorConfig, client: LLMClient | None = None, model_dir: str | None = None
+) -> Reflector | None:
+    """The reflector of ``cfg.kind``; ``model_dir``: the retrospective model's directory (for
+    ``prompt_format: auto``)."""
     if cfg.kind == "none":
         return None
     if cfg.kind == "trajectory_oracle":
@@ -119,13 +141,16 @@ def build_reflector(cfg: ReflectorConfig, client: LLMClient | None = None) -> Re
         return GroundTruthReflector()
     if cfg.kind == "vague":
         return VagueReflector()
+    prompt_format = resolve_prompt_format(cfg, client, model_dir)
     return LLMReflector(
         client or openai_client(cfg.endpoint),
-        sampling_for(cfg.endpoint, stop=("\n",)),
+        # a chat reply ends at the model's end-of-turn token; a completion at the line's end
+        sampling_for(cfg.endpoint, stop=() if prompt_format == "chat" else ("\n",)),
         cfg.instruction,
         cfg.trajectory_max_chars,
         cfg.max_chars,
         name=cfg.endpoint.model,
+        prompt_format=prompt_format,
     )
 
 
@@ -137,7 +162,7 @@ def build_trial_loop(
     return TrialLoop(
         env_factory=lambda: make_env_from_config(cfg.env),
         actor=build_actor(cfg.actor, probe_env, actor_client),
-        reflector=build_reflector(cfg.reflector, reflector_client),
+        reflector=build_reflector(cfg.reflector, reflector_client, cfg.serve.model_dir),
         max_trials=cfg.trials.max_trials,
         memory_size=cfg.trials.memory_size,
         max_steps=cfg.trials.max_steps,

@@ -11,12 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import BenchmarkEnv
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams, seeded
-from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
+from retro_ray.llm.base import ChatClient, Completion, LLMClient, SamplingParams, seeded
+from retro_ray.reflection.prompt import clean_reflection, reflection_messages, reflection_prompt
+
+PromptFormat = Literal["chat", "completion"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,13 @@ class Reflector(Protocol):
 
 
 class LLMReflector:
+    """The retrospective model. ``prompt_format`` is the model's language: ``completion`` sends
+    the reflection prompt as text ending in ``Reflection:`` and stops at a newline; ``chat``
+    sends it as a system and a user turn (the client applies the model's chat template: our
+    engines locally, ``/v1/chat/completions`` through an endpoint) and the reply ends at the
+    model's end-of-turn token. Either way the completion carries the engine's prompt and sampled
+    token ids, which the learner trains on as they are."""
+
     def __init__(
         self,
         client: LLMClient,
@@ -43,19 +52,34 @@ class LLMReflector:
         trajectory_max_chars: int,
         max_chars: int,
         name: str = "llm",
+        prompt_format: PromptFormat = "completion",
     ) -> None:
+        if prompt_format == "chat" and not isinstance(client, ChatClient):
+            raise TypeError(
+                f"reflector.prompt_format is chat but {type(client).__name__} takes no "
+                "conversations; use prompt_format: completion or a chat-capable client"
+            )
         self.client = client
         self.sampling = sampling
         self.instruction = instruction
         self.trajectory_max_chars = trajectory_max_chars
         self.max_chars = max_chars
         self.name = name
+        self.prompt_format: PromptFormat = prompt_format
 
     async def reflect(
         self, env: TextEnv, trajectory: Trajectory, memory: Sequence[str], seed: str
     ) -> Reflection:
         prompt = reflection_prompt(self.instruction, trajectory, memory, self.trajectory_max_chars)
-        (completion,) = await self.client.generate([prompt], seeded(self.sampling, seed))
+        sampling = seeded(self.sampling, seed)
+        if self.prompt_format == "chat":
+            assert isinstance(self.client, ChatClient)
+            messages = reflection_messages(
+                self.instruction, trajectory, memory, self.trajectory_max_chars
+            )
+            (completion,) = await self.client.chat([messages], sampling)
+        else:
+            (completion,) = await self.client.generate([prompt], sampling)
         return Reflection(clean_reflection(completion.text, self.max_chars), prompt, completion)
 
 

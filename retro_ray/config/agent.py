@@ -146,6 +146,12 @@ class ReflectorConfig:
     """The failed trajectory is cut to this many characters in the reflection prompt."""
     max_chars: int = 300
     """A reflection is cut to this many characters before it enters the actor's memory."""
+    prompt_format: Literal["auto", "chat", "completion"] = "auto"
+    """The retrospective model's language. ``chat``: the reflection prompt goes as a system and a
+    user turn through the model's chat template (``/v1/chat/completions`` at the endpoint) and
+    the reply ends at the model's end-of-turn token. ``completion``: plain text ending in
+    ``Reflection:``, one line. ``auto``: ``chat`` when the retrospective model's tokenizer
+    (``serve.model_dir``, or the local engine's) has a chat template, else ``completion``."""
 
     def validate(self, key: str) -> None:
         self.endpoint.validate(f"{key}.endpoint")

@@ -22,6 +22,7 @@ from retro_ray.learner.inprocess import InProcessLearner
 from retro_ray.learner.policy import ReflectorPolicy
 from retro_ray.learner.train_loop import RegistryTarget
 from retro_ray.llm.base import LLMClient
+from retro_ray.llm.own_loop import OwnLoopBackend
 from retro_ray.llm.torch_backend import TorchBackend
 from retro_ray.registry import AdapterRegistry
 from retro_ray.rollout.experience import ExperienceLog
@@ -35,15 +36,40 @@ def registry_target(cfg: Config, run_dir: Path) -> RegistryTarget:
     return RegistryTarget(root, cfg.registry.name, cfg.registry.max_lora_rank)
 
 
-def in_process_serving(cfg: Config, run_dir: Path, max_batch_size: int = 128) -> InProcessServing:
-    """The run's registry (opened for ``run.name``) served by a torch backend of the base model."""
+def in_process_serving(
+    cfg: Config, run_dir: Path, max_batch_size: int = 128, backend: Any = None
+) -> InProcessServing:
+    """The run's registry (opened for ``run.name``) served by ``backend`` (default: a torch
+    backend of the base model; a vLLM one goes in an ``OwnLoopBackend``, see
+    :func:`in_process_vllm`)."""
     target = registry_target(cfg, run_dir)
     assert cfg.serve.model_dir is not None, "serve.model_dir: the retrospective base model"
     registry = AdapterRegistry(
         target.root, cfg.serve.model_dir, target.name, target.max_lora_rank, run=cfg.run.name
     )
-    backend = TorchBackend(cfg.serve.model_dir, max_batch_size=max_batch_size, name="retro")
+    if backend is None:
+        backend = TorchBackend(cfg.serve.model_dir, max_batch_size=max_batch_size, name="retro")
     return InProcessServing(backend, registry)
+
+
+def in_process_vllm(cfg: Config) -> OwnLoopBackend:
+    """A vLLM engine of the base model for :func:`in_process_serving`, on an event loop of its
+    own (the local collector and the hot-swap each bring a new loop); ``close()`` it when done."""
+    from retro_ray.llm.vllm_backend import VLLMBackend
+
+    assert cfg.serve.model_dir is not None, "serve.model_dir: the retrospective base model"
+    s = cfg.serve
+    engine = VLLMBackend(
+        s.model_dir,
+        name="retro",
+        max_lora_rank=cfg.registry.max_lora_rank,
+        max_loras=s.max_loras,
+        max_model_len=s.max_model_len,
+        cpu_threads=s.cpu_threads,
+        kv_cache_gib=s.kv_cache_gib,
+        dtype=s.dtype,
+    )
+    return OwnLoopBackend(engine)
 
 
 def in_process_learner(cfg: Config, run_dir: Path) -> InProcessLearner:

@@ -108,15 +108,27 @@ class Gauges(Protocol):
 
 
 def adapter_versions(rows: Any, adapter_name: str) -> list[int]:
-    """The registry versions that wrote the rows' reflections, sorted: the serving side names each
-    response ``<adapter_name>@<version>`` (``retro@3``; ``retro@0`` is the base model). Rows
+    """The registry versions that wrote the rows' reflections, sorted: the integer the server
+    returned (``adapter_version_number``, schema 3; 0 is the base model), else, in older logs,
+    parsed from the response's model name ``<adapter_name>@<version>`` (``retro@3``). Rows
     without a reflection, or written by another reflector, are left out."""
-    if "adapter_version" not in rows.column_names:
-        return []
+    names = rows.column_names
+    numbers = (
+        rows.column("adapter_version_number").to_pylist()
+        if "adapter_version_number" in names
+        else [None] * rows.num_rows
+    )
+    labels = (
+        rows.column("adapter_version").to_pylist()
+        if "adapter_version" in names
+        else [None] * rows.num_rows
+    )
     prefix = f"{adapter_name}@"
     found = set()
-    for name in rows.column("adapter_version").to_pylist():
-        if isinstance(name, str) and name.startswith(prefix) and name[len(prefix) :].isdigit():
+    for number, name in zip(numbers, labels, strict=True):
+        if number is not None:
+            found.add(int(number))
+        elif isinstance(name, str) and name.startswith(prefix) and name[len(prefix) :].isdigit():
             found.add(int(name[len(prefix) :]))
     return sorted(found)
 
@@ -210,7 +222,9 @@ class TrainingLoop:
     ``tasks``: the train-split tasks, ``train.failed_trials_per_iteration`` per iteration, in
     order. ``promote``: the gate's evaluation and decision for an iteration (its reason);
     ``None`` runs no gate (the single-process learning proof, which measures held-out reward
-    itself). ``tokenizer``: the retrospective model's, for the reflection prompts."""
+    itself). ``tokenizer``: the retrospective model's, only for groups logged without the
+    engine's token ids (schema < 3); None: the log's ids are all the loop uses (the collection
+    logs them), so the driver loads no tokenizer."""
 
     collector: Collector
     learner: Learner
@@ -266,7 +280,7 @@ class TrainingLoop:
         batch, stats = group_batch(
             groups,
             self.tokenizer,
-            self.tokenizer.pad_token_id,
+            None,  # padding is masked: any id serves
             self.learner_cfg,
             loss_name=self.learner_cfg.loss.name,
         )

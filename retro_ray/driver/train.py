@@ -215,7 +215,6 @@ def run_train(cfg: Config) -> dict[str, Any]:
     """The training loop on Ray: serve, start the learner and the rollout pool, run the
     iterations, stop serving, write the summary."""
     check_online(cfg)
-    from transformers import AutoTokenizer
 
     from retro_ray.driver.gate import GateLog
     from retro_ray.learner.metrics import LearnerGauges
@@ -226,7 +225,6 @@ def run_train(cfg: Config) -> dict[str, Any]:
     cfg = prepare_run(cfg)
     run_dir = cfg.run_dir.resolve()
     connect_ray()
-    tokenizer = AutoTokenizer.from_pretrained(cfg.serve.model_dir)
     tasks = train_tasks(cfg)
     log(f"serving the retrospective model ({cfg.serve.backend} backend)")
     app = launch.start(cfg)
@@ -245,7 +243,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
                 collector=pool,
                 learner=learner,
                 serving=ServeAppServing(app),
-                tokenizer=tokenizer,
+                tokenizer=None,  # the log holds the engine's prompt and reflection ids
                 learner_cfg=cfg.learner,
                 train_cfg=cfg.train,
                 run_id=cfg.run.name,

@@ -251,6 +251,8 @@ class OpenAIClient:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             token_ids=_token_ids(choice),
+            prompt_token_ids=_prompt_token_ids(response, choice),
+            adapter_version=_adapter_version(response),
             logprobs=logprobs if sampling.logprobs else None,
             finish_reason=choice.finish_reason,
             model=response.model or model,
@@ -370,14 +372,29 @@ def _shorten(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _token_ids(choice: Any) -> list[int] | None:
+def _token_ids(choice: Any, field: str = "token_ids") -> list[int] | None:
     """vLLM returns ``token_ids`` on each choice when asked (an extra field the SDK keeps)."""
-    ids = getattr(choice, "token_ids", None)
+    ids = getattr(choice, field, None)
     if ids is None and getattr(choice, "model_extra", None):
-        ids = choice.model_extra.get("token_ids")
+        ids = choice.model_extra.get(field)
     if not isinstance(ids, list):
         return None
     try:
         return [int(i) for i in ids]
     except (TypeError, ValueError):
         return None
+
+
+def _prompt_token_ids(response: Any, choice: Any) -> list[int] | None:
+    """The prompt's token ids as the engine saw them, where the server returns them with
+    ``return_token_ids`` (vLLM and our Serve app: on each choice of a completion, on a chat
+    response itself)."""
+    return _token_ids(choice, "prompt_token_ids") or _token_ids(response, "prompt_token_ids")
+
+
+def _adapter_version(response: Any) -> int | None:
+    """The registry version of the adapter that answered (our Serve app's ``adapter_version``
+    extension; None from other servers and for models outside the registry)."""
+    extra = getattr(response, "model_extra", None) or {}
+    value = extra.get("adapter_version")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

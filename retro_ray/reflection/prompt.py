@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 from retro_ray.envs.base import Trajectory
 
+REFLECTION_CUE = "\nReflection:"
+"""The end of a completion-format reflection prompt: the model writes on from here."""
+
 
 def reflection_prompt(
     instruction: str,
@@ -29,7 +32,22 @@ def reflection_prompt(
     parts.append(f"Return: {trajectory.score:.2f}")
     if earlier_reflections:
         parts.append("Earlier notes:\n" + "\n".join(f"- {r}" for r in earlier_reflections))
-    return "\n".join(parts) + "\nReflection:"
+    return "\n".join(parts) + REFLECTION_CUE
+
+
+def reflection_messages(
+    instruction: str,
+    trajectory: Trajectory,
+    earlier_reflections: Sequence[str],
+    trajectory_max_chars: int,
+) -> list[dict[str, str]]:
+    """The reflection prompt as a chat model takes it: the instruction as the system turn, the
+    task, failed trajectory, return and earlier notes as the user turn (the same text as
+    :func:`reflection_prompt`, without its ``Reflection:`` cue: the chat template opens the
+    assistant's turn instead)."""
+    text = reflection_prompt(instruction, trajectory, earlier_reflections, trajectory_max_chars)
+    body = text[len(instruction) + 1 : -len(REFLECTION_CUE)]
+    return [{"role": "system", "content": instruction}, {"role": "user", "content": body}]
 
 
 def clip_head(text: str, max_chars: int) -> str:

@@ -30,6 +30,16 @@ LLAMA_LORA_MODULES = frozenset(
     {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 )
 """The Llama linear layers vLLM's LoRA kernels (and peft) serve."""
+LORA_MODULES_BY_ARCHITECTURE: dict[str, frozenset[str]] = {
+    "LlamaForCausalLM": LLAMA_LORA_MODULES,  # Llama 2 and 3 (GQA: k/v narrower than q)
+    "MistralForCausalLM": LLAMA_LORA_MODULES,
+    "Qwen2ForCausalLM": LLAMA_LORA_MODULES,  # q/k/v carry biases, which LoRA leaves alone
+}
+"""The LoRA-able linear layers of each base-model architecture the registry validates adapters
+for (``config.json``'s ``architectures``): same names and shapes in all three."""
+OTHER_MODULES = frozenset({"embed_tokens", "lm_head"})
+"""Layers these architectures also have, which peft could target but the engine serves no LoRA
+on (rejected as unsupported, not as absent)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}(@[0-9]{1,9})?$")
@@ -80,14 +90,22 @@ def file_sha256(path: Path) -> str:
 
 @dataclass(frozen=True)
 class BaseShapes:
-    """In and out features of each LoRA-able Llama module, from the base model's config."""
+    """In and out features of each LoRA-able module of the base model, from its config."""
 
     num_layers: int
     features: dict[str, tuple[int, int]]  # module -> (in_features, out_features)
+    architecture: str = "LlamaForCausalLM"
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> BaseShapes:
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        architecture = (cfg.get("architectures") or ["LlamaForCausalLM"])[0]
+        if architecture not in LORA_MODULES_BY_ARCHITECTURE:
+            raise ValueError(
+                f"{model_dir}: base model architecture {architecture!r} is not one whose "
+                f"adapters the registry can check; supported: "
+                f"{sorted(LORA_MODULES_BY_ARCHITECTURE)}"
+            )
         hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
         heads = int(cfg["num_attention_heads"])
         kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -101,7 +119,9 @@ class BaseShapes:
             "up_proj": (hidden, inter),
             "down_proj": (inter, hidden),
         }
-        return cls(int(cfg["num_hidden_layers"]), features)
+        modules = LORA_MODULES_BY_ARCHITECTURE[architecture]
+        features = {name: shape for name, shape in features.items() if name in modules}
+        return cls(int(cfg["num_hidden_layers"]), features, architecture)
 
 
 @dataclass(frozen=True)
@@ -130,7 +150,7 @@ def validate_adapter(
         if not (root / required).is_file():
             raise AdapterRejected(f"missing {required} in {root}")
     cfg = _read_config(root / ADAPTER_CONFIG)
-    rank, targets = _check_config(cfg, max_lora_rank, supported_modules)
+    rank, targets = _check_config(cfg, max_lora_rank, supported_modules, base)
     count = _check_tensors(root / ADAPTER_WEIGHTS, base, rank, set(targets))
     return AdapterInfo(rank, float(cfg.get("lora_alpha", rank)), targets, count)
 
@@ -146,7 +166,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _check_config(
-    cfg: dict[str, Any], max_rank: int, supported: frozenset[str]
+    cfg: dict[str, Any], max_rank: int, supported: frozenset[str], base: BaseShapes
 ) -> tuple[int, tuple[str, ...]]:
     if cfg.get("peft_type") != "LORA":
         raise AdapterRejected(f"peft_type must be LORA, got {cfg.get('peft_type')!r}")
@@ -158,6 +178,12 @@ def _check_config(
     targets = cfg.get("target_modules")
     if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
         raise AdapterRejected("target_modules must be a non-empty list of module names")
+    missing = sorted(set(targets) - set(base.features) - OTHER_MODULES)
+    if missing:
+        raise AdapterRejected(
+            f"target modules {missing} are not modules of the base model ({base.architecture}: "
+            f"{sorted(base.features)}); train the adapter for this base model"
+        )
     unsupported = sorted(set(targets) - supported)
     if unsupported:
         raise AdapterRejected(f"target modules {unsupported} not supported by the engine")

@@ -37,7 +37,14 @@ from retro_ray.agents.results import TrialRecord
 from retro_ray.aio import gather_all
 from retro_ray.config import Config
 from retro_ray.envs.base import Task
-from retro_ray.llm.base import Completion, LLMClient, RequestRejected, SamplingParams
+from retro_ray.llm.base import (
+    ChatClient,
+    ChatMessage,
+    Completion,
+    LLMClient,
+    RequestRejected,
+    SamplingParams,
+)
 from retro_ray.reflection.groups import FailedTrial, ReflectionGroup
 from retro_ray.registry import TRAIN_ALIAS
 from retro_ray.rollout.branching import play_branches
@@ -89,7 +96,16 @@ class MeteredClient:
         self.inner, self.role, self.observer = inner, role, observer
 
     async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
-        completions = await self.inner.generate(prompts, sampling)
+        return self._report(await self.inner.generate(prompts, sampling))
+
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        if not isinstance(self.inner, ChatClient):
+            raise TypeError(f"{type(self.inner).__name__} takes no conversations (no chat)")
+        return self._report(await self.inner.chat(conversations, sampling))
+
+    def _report(self, completions: list[Completion]) -> list[Completion]:
         for completion in completions:
             self.observer.llm_call(self.role, completion)
         return completions
@@ -153,6 +169,7 @@ class EpisodeRunner:
             base.trajectory_max_chars,
             base.max_chars,
             name=TRAIN_ADAPTER,
+            prompt_format=base.prompt_format,
         )
 
     async def aclose(self) -> None:
@@ -293,6 +310,8 @@ def _fill_reflection(row: ExperienceRow, reflection: Reflection, seconds: float)
         row.adapter_version = "code"
         return
     row.adapter_version = completion.model or TRAIN_ADAPTER
+    row.adapter_version_number = completion.adapter_version
+    row.reflection_prompt_token_ids = completion.prompt_token_ids
     row.reflection_token_ids = completion.token_ids
     row.reflection_logprobs = completion.logprobs
     row.reflection_prompt_tokens = completion.prompt_tokens

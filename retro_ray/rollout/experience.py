@@ -68,9 +68,12 @@ from retro_ray.safe_text import sanitize_value
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped on any change of the columns below; readers check it (``schema_version`` column) and
-read every older version (columns added since read as null). 2: ``failure``."""
+read every older version (columns added since read as null). 2: ``failure``. 3:
+``reflection_prompt_token_ids`` and ``adapter_version_number`` (rows of older logs have neither:
+the learner tokenises their prompt text, and only a completion-format prompt, which is all those
+logs hold)."""
 
 _NAMESPACE = uuid.UUID("6f1d3c1e-2a4b-4c55-9a2e-5e0f7a9b1c3d")  # fixed: file names are stable
 
@@ -92,9 +95,13 @@ class ExperienceRow:
     prompt: str | None = None  # reflection prompt x (what the reflector read)
     reflection: str | None = None  # reflection y this trial was played with
     reflection_token_ids: list[int] | None = None  # from the engine, never re-tokenised
+    reflection_prompt_token_ids: list[int] | None = None  # the prompt's ids as the engine saw
+    # them (after the chat template, if any): the learner trains on these, not on the text
     reflection_logprobs: list[float] | None = None  # sampler's log pi(token), per token
     memory: list[str] = field(default_factory=list)  # every reflection in the actor's prompt
     adapter_version: str | None = None  # model/adapter that wrote the reflection (engine's name)
+    adapter_version_number: int | None = None  # its registry version (0: the base model), from
+    # the server; None for models outside the registry
     actor_model: str = ""
     steps: int = 0
     invalid_actions: int = 0
@@ -132,9 +139,11 @@ _TYPES: dict[str, pa.DataType] = {
     "prompt": pa.string(),
     "reflection": pa.string(),
     "reflection_token_ids": pa.list_(pa.int32()),
+    "reflection_prompt_token_ids": pa.list_(pa.int32()),
     "reflection_logprobs": pa.list_(pa.float32()),
     "memory": pa.list_(pa.string()),
     "adapter_version": pa.string(),
+    "adapter_version_number": pa.int32(),
     "actor_model": pa.string(),
     "steps": pa.int32(),
     "invalid_actions": pa.int32(),

@@ -30,6 +30,7 @@ from starlette.exceptions import HTTPException
 
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.llm.templates import Prompt, chat_prompt_ids, encode_prompt, has_chat_template
 from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 from retro_ray.registry import AdapterRegistry
 from retro_ray.registry.validation import AdapterRejected, is_valid_model_name
@@ -93,8 +94,20 @@ def _replica_name() -> str:
     return f"{replica}@{ray.util.get_node_ip_address()}"
 
 
-def _with_version(payload: dict[str, Any], model: str, epoch: int) -> JSONResponse:
+def _with_version(
+    payload: dict[str, Any], model: str, epoch: int, adapter_version: bool = False
+) -> JSONResponse:
+    """The response, its served version in headers; with ``adapter_version`` (asked for with
+    ``return_token_ids``) also the registry version as an integer in the body (0: the base
+    model), so the client logs the number, not a name to parse."""
+    if adapter_version:
+        payload["adapter_version"] = _version_number(model)
     return JSONResponse(payload, headers={"x-retro-version": model, "x-retro-epoch": str(epoch)})
+
+
+def _version_number(model: str) -> int:
+    """``retro@3`` -> 3 (``Resolution.model`` is always ``<adapter>@<version>``)."""
+    return int(model.rsplit("@", 1)[1])
 
 
 # Defined after every module-level name it uses: ``serve.ingress`` captures the class (by value)
@@ -192,7 +205,7 @@ class RetroServer:
             payload = completion_response(
                 out, model, self.tokenizer, logprobs, body.return_token_ids
             )
-            return _with_version(payload, model, epoch)
+            return _with_version(payload, model, epoch, body.return_token_ids)
 
         return await self._tracked("completions", run)
 
@@ -205,7 +218,7 @@ class RetroServer:
             payload = chat_response(
                 out[0], model, self.tokenizer, body.logprobs, body.return_token_ids
             )
-            return _with_version(payload, model, epoch)
+            return _with_version(payload, model, epoch, body.return_token_ids)
 
         return await self._tracked("chat", run)
 
@@ -237,7 +250,7 @@ class RetroServer:
     # -- helpers ------------------------------------------------------------------------------
 
     async def _generate(
-        self, model: str, prompts: list[str], sampling: SamplingParams
+        self, model: str, prompts: list[Prompt], sampling: SamplingParams
     ) -> tuple[list[Completion], str, int]:
         if not is_valid_model_name(model):
             raise APIError(400, f"invalid model name {model[:64]!r}", "model", "invalid_model")
@@ -246,7 +259,7 @@ class RetroServer:
             raise APIError(404, f"model {model!r} does not exist", "model", "model_not_found")
         limit = self.settings.max_context
         for prompt in prompts:
-            if len(self.tokenizer(prompt)["input_ids"]) + sampling.max_tokens > limit:
+            if len(encode_prompt(self.tokenizer, prompt)) + sampling.max_tokens > limit:
                 raise APIError(
                     400,
                     f"prompt plus max_tokens exceeds the context of {limit} tokens",
@@ -272,14 +285,13 @@ class RetroServer:
             seed=body.seed,
         )
 
-    def _chat_prompt(self, body: ChatRequest) -> str:
-        """The chat template where the tokenizer has one; else the messages' text, one a line
-        (the tiny models take plain prompts: a single user message is sent as is)."""
+    def _chat_prompt(self, body: ChatRequest) -> Prompt:
+        """The chat template's token ids where the tokenizer has one (the template writes the
+        model's special tokens: none are added again); else the messages' text, one a line (the
+        tiny models take plain prompts: a single user message is sent as is)."""
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
+        if has_chat_template(self.tokenizer):
+            return chat_prompt_ids(self.tokenizer, messages)
         return "\n".join(m["content"] for m in messages)
 
     async def _tracked(self, route: str, run: Any) -> JSONResponse:

@@ -14,16 +14,18 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
-from retro_ray.llm.base import Completion, LLMClient, SamplingParams
+from retro_ray.llm.base import ChatMessage, Completion, LLMClient, SamplingParams
 from retro_ray.llm.torch_backend import TorchBackend
 from retro_ray.registry import TRAIN_ALIAS, AdapterRegistry
 
 
 class InProcessServing:
-    """A torch backend of the base model serving the registry's ``train`` versions."""
+    """A backend of the base model serving the registry's ``train`` versions: the torch backend,
+    or a vLLM engine in an ``OwnLoopBackend``."""
 
-    def __init__(self, backend: TorchBackend, registry: AdapterRegistry) -> None:
+    def __init__(self, backend: TorchBackend | Any, registry: AdapterRegistry) -> None:
         self.backend, self.registry = backend, registry
         self.version = 0  # the served ``train`` version (0: the base model)
 
@@ -57,11 +59,20 @@ class _TrainAliasClient:
         self.serving = serving
 
     async def generate(self, prompts: Sequence[str], sampling: SamplingParams) -> list[Completion]:
+        return await self._run(self.serving.backend.generate, prompts, sampling)
+
+    async def chat(
+        self, conversations: Sequence[Sequence[ChatMessage]], sampling: SamplingParams
+    ) -> list[Completion]:
+        return await self._run(self.serving.backend.chat, conversations, sampling)
+
+    async def _run(self, method: Any, inputs: Any, sampling: SamplingParams) -> list[Completion]:
         if sampling.adapter != TRAIN_ALIAS:
-            return await self.serving.backend.generate(prompts, sampling)
+            return await method(inputs, sampling)
         version = self.serving.version
         served = dataclasses.replace(sampling, adapter=self.serving.adapter())
-        completions = await self.serving.backend.generate(prompts, served)
+        completions = await method(inputs, served)
         for completion in completions:
             completion.model = self.serving.registry.version_name(version)
+            completion.adapter_version = version
         return completions

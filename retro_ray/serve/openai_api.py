@@ -4,8 +4,10 @@
 Departures from OpenAI, on purpose: ``n`` must be 1, ``stream`` and ``echo`` must be false (the
 trial loop and the learner need neither); ``logprobs`` reports the sampled token's log-prob
 (RAW, pre-temperature, as vLLM v1 returns it) and ``top_logprobs`` holds only that token; the
-vLLM extension ``return_token_ids`` adds the sampled token ids to each choice (the learner trains
-on exactly those ids). Unknown extra fields are accepted and ignored, as OpenAI's servers do.
+vLLM extension ``return_token_ids`` adds the sampled token ids to each choice and the prompt's ids
+as the engine saw them (``prompt_token_ids``: on each choice of a completion, on a chat response
+itself), plus our ``adapter_version`` (the registry version that answered, an integer): the
+learner trains on exactly those ids, and the driver needs no tokenizer. Unknown extra fields are accepted and ignored, as OpenAI's servers do.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def completion_response(
             }
         if token_ids:
             choice["token_ids"] = c.token_ids
+            choice["prompt_token_ids"] = c.prompt_token_ids
         choices.append(choice)
     return {
         "id": f"cmpl-{uuid.uuid4().hex}",
@@ -206,7 +209,7 @@ def chat_response(
         }
     if token_ids:
         choice["token_ids"] = completion.token_ids
-    return {
+    payload = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
         "created": int(time.time()),
@@ -214,6 +217,9 @@ def chat_response(
         "choices": [choice],
         "usage": _usage([completion]),
     }
+    if token_ids:  # as vLLM's server: the templated prompt's ids on the response itself
+        payload["prompt_token_ids"] = completion.prompt_token_ids
+    return payload
 
 
 def models_response(names: list[str]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from retro_ray.llm.base import Completion, SamplingParams
+from retro_ray.llm.templates import Prompt
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Engine(Protocol):
     tokenizer: Any
 
     async def generate(
-        self, prompts: Sequence[str], sampling: SamplingParams
+        self, prompts: Sequence[Prompt], sampling: SamplingParams
     ) -> list[Completion]: ...
     async def load_adapter(self, name: str, path: str | Path) -> None: ...
     async def unload_adapter(self, name: str) -> None: ...
@@ -112,7 +113,7 @@ class ReplicaRuntime:
                 self._released.set()
 
     async def generate(
-        self, prompts: Sequence[str], sampling: SamplingParams, version: int
+        self, prompts: Sequence[Prompt], sampling: SamplingParams, version: int
     ) -> list[Completion]:
         async with self.using(version) as adapter:
             sampling = SamplingParams(**{**sampling.__dict__, "adapter": adapter})
