@@ -243,6 +243,7 @@ def test_train_runs_the_config_on_cpu_with_a_tiny_model(
             "train.failed_trials_per_iteration=2",
             "trials.max_trials=2",
             "reflector.endpoint.max_tokens=24",
+            "registry.gate_tasks=4",
             f"run.output_dir={tmp_path / 'runs'}",
         ]
         summary_path = tmp_path / "summary.json"
@@ -265,6 +266,10 @@ def test_train_runs_the_config_on_cpu_with_a_tiny_model(
     assert summary["iterations"] == 1 and summary["overlap"] is True
     assert [m["iteration"] for m in metrics] == [0]
     assert metrics[0]["groups"] > 0 and summary["train_version"] >= 1  # learned and published
+    assert metrics[0]["learner_world_size"] == 2  # the config's two data-parallel workers
+    assert metrics[0]["version"] == 1 and "swap_s" in metrics[0]  # hot-swapped into serving
+    gates = [json.loads(line) for line in (run_dir / "gates.jsonl").read_text().splitlines()]
+    assert gates and gates[-1]["candidate_tasks"] == 4  # the gate decided on validation tasks
     # The actor was the chat actor: every request a conversation with the example as turns.
     conversations = actor.conversations()
     assert conversations and len(conversations) == len(actor.requests)
