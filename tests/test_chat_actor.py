@@ -142,6 +142,9 @@ def test_the_example_config_plays_with_a_chat_actor_and_a_reflector_endpoint() -
             [
                 f"actor.endpoint.base_url={actor.base_url}",
                 f"reflector.endpoint.base_url={reflector.base_url}",
+                # what auto decides for an instruct model's tokenizer (its chat template); the
+                # example's /models/reflector is not on this machine
+                "reflector.prompt_format=chat",
                 "trials.max_trials=2",
             ],
         )
@@ -153,4 +156,6 @@ def test_the_example_config_plays_with_a_chat_actor_and_a_reflector_endpoint() -
     assert result.trials[0].reflection == advice
     last = actor.conversations()[-1]
     assert last[0]["content"].endswith(f"{NOTES_HEADER}\n- {advice}")
-    assert [r.path for r in reflector.requests] == ["/v1/completions"]
+    # the instruct reflector is asked in turns too, as OpenAI's schema allows
+    assert [r.path for r in reflector.requests] == ["/v1/chat/completions"]
+    assert request_violations("/chat/completions", "post", reflector.requests[0].body) == []

@@ -36,8 +36,26 @@ class _Tokenizer:
 
 def _completions() -> list[Completion]:
     return [
-        Completion("a b", 5, 2, [3, 4], [-0.5, -1.25], "stop"),
-        Completion("c", 5, 1, [7], [-0.1], "length"),
+        Completion(
+            "a b",
+            5,
+            2,
+            token_ids=[3, 4],
+            prompt_token_ids=[1, 2, 9, 9, 9],
+            logprobs=[-0.5, -1.25],
+            finish_reason="stop",
+            adapter_version=3,
+        ),
+        Completion(
+            "c",
+            5,
+            1,
+            token_ids=[7],
+            prompt_token_ids=[1, 2, 9, 8, 8],
+            logprobs=[-0.1],
+            finish_reason="length",
+            adapter_version=3,
+        ),
     ]
 
 
