@@ -27,6 +27,7 @@ step time over the 2-worker one (explained in ``scaling_note``).
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import statistics
@@ -44,22 +45,64 @@ from retro_ray.config import LearnerConfig, LoRAConfig, PolicyLossConfig
 from retro_ray.learner.policy import ReflectorPolicy
 
 
-def make_batch(rows: int, prompt_len: int, completion_len: int, vocab: int, seed: int) -> dict:
+def make_batch(
+    rows: int, prompt_len: int, completion_len: int, vocab: int, seed: int
+) -> dict[str, Any]:
+    """Rows of varied lengths, as reflections are: prompts of ``prompt_len/2 .. prompt_len`` and
+    completions of ``completion_len/4 .. completion_len`` tokens (seeded)."""
     g = torch.Generator().manual_seed(seed)
-    prompts = torch.randint(5, vocab, (rows, prompt_len), generator=g)
-    completions = torch.randint(5, vocab, (rows, completion_len), generator=g)
+
+    def lengths(low: int, high: int) -> list[int]:
+        return torch.randint(low, high + 1, (rows,), generator=g).tolist()
+
+    prompts = [
+        torch.randint(5, vocab, (n,), generator=g).tolist()
+        for n in lengths(max(1, prompt_len // 2), prompt_len)
+    ]
+    completions = [
+        torch.randint(5, vocab, (n,), generator=g).tolist()
+        for n in lengths(max(1, completion_len // 4), completion_len)
+    ]
     advantages = torch.randn(rows, generator=g)
     return {"prompts": prompts, "completions": completions, "advantages": advantages}
 
 
-def ours_batch(data: dict, pad_id: int) -> ReflectionBatch:
+def ours_batch(data: dict[str, Any], pad_id: int) -> ReflectionBatch:
     return ReflectionBatch.from_token_lists(
-        data["prompts"].tolist(),
-        data["completions"].tolist(),
+        data["prompts"],
+        data["completions"],
         data["advantages"],
         [i // 4 for i in range(len(data["advantages"]))],
         pad_id=pad_id,
     )
+
+
+def trl_tensors(data: dict[str, Any], pad_id: int) -> dict[str, torch.Tensor]:
+    """TRL's layout of the same rows: prompts left-padded, completions right-padded, masks."""
+    p_len = max(map(len, data["prompts"]))
+    c_len = max(map(len, data["completions"]))
+    rows = len(data["prompts"])
+    prompt_ids = torch.full((rows, p_len), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros(rows, p_len, dtype=torch.long)
+    completion_ids = torch.full((rows, c_len), pad_id, dtype=torch.long)
+    completion_mask = torch.zeros(rows, c_len, dtype=torch.long)
+    for i, (p, c) in enumerate(zip(data["prompts"], data["completions"], strict=True)):
+        prompt_ids[i, p_len - len(p) :] = torch.tensor(p)
+        prompt_mask[i, p_len - len(p) :] = 1
+        completion_ids[i, : len(c)] = torch.tensor(c)
+        completion_mask[i, : len(c)] = 1
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": data["advantages"],
+        "num_items_in_batch": completion_mask.sum().float(),
+    }
+
+
+def loss_tokens(data: dict[str, Any]) -> int:
+    return sum(map(len, data["completions"]))
 
 
 def timed(fn: Any, warmup: int, steps: int) -> float:
@@ -73,45 +116,73 @@ def timed(fn: Any, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def run_plain(base_dir: Path, config: LearnerConfig, data: dict, warmup: int, steps: int) -> float:
+def chunks(rows: int, micro: int) -> list[slice]:
+    return [slice(i, min(i + micro, rows)) for i in range(0, rows, micro)]
+
+
+def run_plain(
+    base_dir: Path, config: LearnerConfig, batch: ReflectionBatch, warmup: int, steps: int
+) -> float:
+    """A naive loop: the rows in their order, micro-batches of ``micro_batch_size`` at the
+    batch's full padded width, logits at every position."""
     policy = ReflectorPolicy(base_dir, config, seed=0)  # the same peft model and AdamW
     model, opt = policy.model, policy.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
-    input_ids = torch.cat([data["prompts"], data["completions"]], 1)
-    mask = torch.zeros_like(input_ids, dtype=torch.float32)
-    mask[:, data["prompts"].shape[1] :] = 1.0
-    adv = data["advantages"][:, None]
+    total = batch.loss_mask[:, 1:].sum()
 
     def step() -> None:
         model.train()
         opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=input_ids).logits[:, :-1]
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, input_ids[:, 1:, None])[..., 0]
-        loss = -(adv * logp * mask[:, 1:]).sum() / mask[:, 1:].sum()
-        loss.backward()
+        for part in chunks(batch.batch_size, config.micro_batch_size):
+            ids, mask = batch.input_ids[part], batch.loss_mask[part, 1:].float()
+            out = model(input_ids=ids, attention_mask=batch.attention_mask[part])
+            logp = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None])
+            loss = -(batch.advantages[part, None] * logp[..., 0] * mask).sum() / total
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         opt.step()
 
     return timed(step, warmup, steps)
 
 
-def run_trl(base_dir: Path, config: LearnerConfig, data: dict, warmup: int, steps: int) -> float:
+TRL_SETTINGS = {
+    "loss_type": "dapo",  # clipped surrogate over the global token count: ours' ppo_clip
+    "beta": 0.0,  # no KL term, so no reference model (ours: kl_coef 0, no reference forward)
+    "gradient_checkpointing": False,  # TRL's default is True: recomputes the forward in backward
+    "bf16": False,  # TRL's default is True when fp16 is off; ours computes in float32
+    "fp16": False,
+    "use_cpu": True,
+}
+
+
+def run_trl(
+    base_dir: Path,
+    config: LearnerConfig,
+    inputs: dict[str, torch.Tensor],
+    warmup: int,
+    steps: int,
+    settings: dict[str, Any],
+) -> float:
+    """TRL's ``GRPOTrainer.compute_loss`` on the same rows, in micro-batches of the same size
+    (TRL slices its padded generation batch), backward, clip, step. ``settings`` receives the
+    trainer's effective settings, checked against ``TRL_SETTINGS``."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
     policy = ReflectorPolicy(base_dir, config, seed=0)
-    rows = len(data["advantages"])
+    rows = inputs["advantages"].shape[0]
+    micro = config.micro_batch_size
+    n_micro = -(-rows // micro)
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
             output_dir=out,
-            per_device_train_batch_size=rows,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=n_micro,
             num_generations=4,
-            max_completion_length=data["completions"].shape[1],
-            loss_type="bnpo",
-            beta=0.0,
-            use_cpu=True,
+            max_completion_length=inputs["completion_ids"].shape[1],
             report_to=[],
             max_grad_norm=config.max_grad_norm,
+            **TRL_SETTINGS,
         )
         trainer = GRPOTrainer(
             model=policy.model,
@@ -120,23 +191,46 @@ def run_trl(base_dir: Path, config: LearnerConfig, data: dict, warmup: int, step
             train_dataset=Dataset.from_dict({"prompt": ["x"] * rows}),
             processing_class=policy.tokenizer,
         )
-        trainer.current_gradient_accumulation_steps = 1  # set by its training_step; one here
         model, opt = trainer.model, policy.optimizer
-        params = [p for p in model.parameters() if p.requires_grad]
-        inputs = {
-            "prompt_ids": data["prompts"],
-            "prompt_mask": torch.ones_like(data["prompts"]),
-            "completion_ids": data["completions"],
-            "completion_mask": torch.ones_like(data["completions"]),
-            "advantages": data["advantages"],
-            "num_items_in_batch": torch.tensor(float(data["completions"].numel())),
+        checks = {
+            "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+            "model_gradient_checkpointing": bool(
+                getattr(model, "is_gradient_checkpointing", False)
+            ),
+            "bf16": bool(trainer.args.bf16),
+            "fp16": bool(trainer.args.fp16),
+            "beta": float(trainer.beta),
+            "ref_model": trainer.ref_model is not None,
+            "loss_type": trainer.loss_type,
+            "param_dtype": str(next(model.parameters()).dtype),
+            "steps_per_generation": int(trainer.args.steps_per_generation),
         }
+        expected = {
+            "gradient_checkpointing": False,
+            "model_gradient_checkpointing": False,
+            "bf16": False,
+            "fp16": False,
+            "beta": 0.0,
+            "ref_model": False,
+            "loss_type": TRL_SETTINGS["loss_type"],
+            "param_dtype": "torch.float32",
+            "steps_per_generation": n_micro,
+        }
+        if checks != expected:
+            raise RuntimeError(f"TRL is not set up for equal work: {checks} != {expected}")
+        settings.update(checks, trl_version=importlib.metadata.version("trl"))
+        trainer.current_gradient_accumulation_steps = n_micro  # set by its training_step
+        params = [p for p in model.parameters() if p.requires_grad]
+        parts = [
+            {k: v if v.dim() == 0 else v[part] for k, v in inputs.items()}
+            for part in chunks(rows, micro)
+        ]
 
         def step() -> None:
             model.train()
             opt.zero_grad(set_to_none=True)
-            loss = trainer.compute_loss(model, inputs)
-            loss.backward()
+            for part in parts:
+                trainer.compute_loss(model, part).backward()
             torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             opt.step()
 
@@ -177,12 +271,14 @@ def run_ours(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=32, help="reflections in the global batch")
-    p.add_argument("--prompt-len", type=int, default=96)
-    p.add_argument("--completion-len", type=int, default=32)
+    p.add_argument("--micro-batch", type=int, default=8, help="rows per forward pass, everyone")
+    p.add_argument("--prompt-len", type=int, default=96, help="longest prompt (tokens)")
+    p.add_argument("--completion-len", type=int, default=32, help="longest reflection (tokens)")
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-ray", action="store_true", help="in-process contenders only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
 
@@ -194,55 +290,72 @@ def main(argv: list[str] | None = None) -> int:
     base_dir = build_zoo("tiny").retrospective_dir
     config = LearnerConfig(
         lora=LoRAConfig(rank=8, alpha=16),
-        loss=PolicyLossConfig(name="reinforce"),
-        micro_batch_size=args.rows,
+        loss=PolicyLossConfig(name="ppo_clip", kl_coef=0.0),
+        micro_batch_size=args.micro_batch,
     )
     probe = ReflectorPolicy(base_dir, config)
     data = make_batch(
         args.rows, args.prompt_len, args.completion_len, probe.model.config.vocab_size, 0
     )
     batch = ours_batch(data, probe.pad_token_id)
+    trl_inputs = trl_tensors(data, probe.pad_token_id)
     del probe
-    result: dict[str, Any] = {"rows": args.rows, "seq_len": batch.input_ids.shape[1]}
-    ray.init(  # first, so that Ray's own processes run during every measurement alike
-        num_cpus=4,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
+    tokens = loss_tokens(data)
+    result: dict[str, Any] = {
+        "rows": args.rows,
+        "micro_batch": args.micro_batch,
+        "seq_len_padded": batch.input_ids.shape[1],
+        "positions_real": int(batch.attention_mask.sum()),
+        "loss_tokens": tokens,
+        "kl_coef": config.loss.kl_coef,
+    }
+    if not args.skip_ray:
+        ray.init(  # first, so that Ray's own processes run during every measurement alike
+            num_cpus=4,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
     rounds: dict[str, list[float]] = {}
+    trl_settings: dict[str, Any] = {}
     try:
         n = args.warmup + args.steps
         for _ in range(args.rounds):  # interleaved rounds: load from other jobs hits all alike
-            timings = {"plain_step_s": run_plain(base_dir, config, data, args.warmup, args.steps)}
+            timings = {"plain_step_s": run_plain(base_dir, config, batch, args.warmup, args.steps)}
             timings["ours_local_step_s"] = run_local(base_dir, config, batch, args)
             if not args.skip_trl:
-                timings["trl_step_s"] = run_trl(base_dir, config, data, args.warmup, args.steps)
-            for workers in (1, 2):
+                timings["trl_step_s"] = run_trl(
+                    base_dir, config, trl_inputs, args.warmup, args.steps, trl_settings
+                )
+            for workers in () if args.skip_ray else (1, 2):
                 timing = run_ours(base_dir, config, batch, workers, n, args.warmup)
                 timings[f"ours_ray_{workers}w_step_s"] = timing["step_s"]
                 timings[f"ours_ray_{workers}w_batch_wall_s"] = timing["batch_wall_s"]
             for key, value in timings.items():
                 rounds.setdefault(key, []).append(value)
     finally:
-        ray.shutdown()
+        if not args.skip_ray:
+            ray.shutdown()
     result.update({key: statistics.median(values) for key, values in rounds.items()})
+    result["each_round"] = rounds
     result["rounds"] = args.rounds
-    ours = result["ours_ray_1w_step_s"]
+    for key in [k for k in result if k.endswith("_step_s")]:
+        result[key.replace("_step_s", "_tokens_per_s")] = tokens / result[key]
+    ours = result["ours_local_step_s"]  # same process as TRL and the plain loop
     result["ours_over_plain"] = result["plain_step_s"] / ours
     if "trl_step_s" in result:
         result["ours_over_trl"] = result["trl_step_s"] / ours
-    result["scaling_1_to_2"] = ours / result["ours_ray_2w_step_s"]
+        result["trl_settings"] = trl_settings
+    if not args.skip_ray:
+        result["ray_1w_over_local"] = ours / result["ours_ray_1w_step_s"]
+        result["scaling_1_to_2"] = result["ours_ray_1w_step_s"] / result["ours_ray_2w_step_s"]
+        result["scaling_note"] = (
+            "2 workers each compute half the rows, then all-reduce the LoRA gradients (gloo) and "
+            "take the same step: the ceiling is 2x less the all-reduce, reached only with an idle "
+            "core per worker (compare load_avg_1m with the cores)."
+        )
     result["load_avg_1m"] = os.getloadavg()[0]
-    result["scaling_note"] = (
-        "2 workers each compute half the rows, then all-reduce the LoRA gradients (gloo) and take "
-        "the same step. This machine has 2 cores shared with the driver, Ray's own processes and "
-        "other jobs (see load_avg_1m): when the load is above 2 the second worker finds no idle "
-        "core, so the halved compute is lost to contention and the extra process and all-reduce "
-        "are pure overhead (scaling near or below 1); on idle cores the ceiling is about 2x less "
-        "the all-reduce (1.1-1.3x measured here at lower load). Data parallelism pays with a "
-        "core or a GPU per worker and batches large enough to amortise the all-reduce."
-    )
+    result["cores"] = os.cpu_count()
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

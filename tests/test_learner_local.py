@@ -4,6 +4,8 @@ negative ones, the KL to the reference starts at zero, and the adapter round-tri
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -112,3 +114,50 @@ def test_a_stale_batch_is_importance_corrected_against_the_sampler(model_dir) ->
     assert abs(metrics["ratio_mean"] - 1.0) > 1e-3  # the adapter moved between sample and update
     assert metrics["ratio_mean"] == pytest.approx(float(want), rel=1e-4)
     assert metrics["approx_kl_old"] > 0.0
+
+
+def test_length_sorted_micro_batches_take_the_same_step(model_dir) -> None:
+    """Micro-batches of rows grouped by length and cut to their own width give the step the
+    whole (padded) batch gives at once; each micro-batch is only as wide as its longest row."""
+    from retro_ray.learner.policy import length_sorted_split
+
+    whole = make_policy(model_dir, name="ppo_clip")
+    batch = sampled_batch(whole, [1.0, -1.0, 0.5, -0.5, 0.25, -0.25])
+    # Rows of clearly different lengths: drop the tail of some reflections.
+    keep = [2, 8, 3, 8, 1, 5]
+    reflections = [batch.input_ids[i][batch.loss_mask[i].bool()].tolist() for i in range(6)]
+    batch = ReflectionBatch.from_token_lists(
+        whole.prompt_ids([PROMPTS[i % 2] for i in range(6)]),
+        [row[:n] for row, n in zip(reflections, keep, strict=True)],
+        batch.advantages,
+        list(range(6)),
+        pad_id=whole.pad_token_id,
+    )
+    parts = length_sorted_split(batch, 3)
+    widths = [p.input_ids.shape[1] for p in parts]
+    assert widths == sorted(widths, reverse=True) and widths[-1] < batch.input_ids.shape[1]
+    assert all(int(p.attention_mask.sum(1).max()) == p.input_ids.shape[1] for p in parts)
+    assert sum(p.batch_size for p in parts) == 6
+    assert sum(int(p.loss_mask.sum()) for p in parts) == int(batch.loss_mask.sum())
+
+    whole.config = replace(whole.config, micro_batch_size=6)
+    split = make_policy(model_dir, name="ppo_clip")  # micro_batch_size 2: three micro-batches
+    m_whole, m_split = whole.update(batch), split.update(batch)
+    assert m_split["loss"] == pytest.approx(m_whole["loss"], rel=1e-5, abs=1e-7)
+    for (name, a), (_, b) in zip(
+        whole.model.named_parameters(), split.model.named_parameters(), strict=True
+    ):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_no_reference_forward_without_a_kl_penalty(model_dir, monkeypatch) -> None:
+    policy = make_policy(model_dir, name="reinforce", kl_coef=0.0)
+    batch = sampled_batch(policy, [1.0, -1.0])
+    calls = []
+    original = policy.reference_logprobs
+    monkeypatch.setattr(policy, "reference_logprobs", lambda b: calls.append(1) or original(b))
+    metrics = policy.update(batch)
+    assert calls == [] and "kl_ref" not in metrics
+    policy.config = replace(policy.config, loss=PolicyLossConfig(name="reinforce", kl_coef=0.1))
+    assert "kl_ref" in policy.update(batch) and calls == [1]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -166,11 +166,12 @@ class ReflectorPolicy:
         metrics["old_logprobs_from_sampler"] = float(
             not recompute_old and batch.old_logprobs is not None
         )
-        # The reference is computed even without a KL penalty: KL to the base is the first thing
-        # to watch when the adapter drifts (one no-grad forward pass).
-        ref = self.reference_logprobs(batch)
+        # The reference (one no-grad forward pass with the adapter off) only with a KL penalty,
+        # as TRL skips its reference model at beta 0: the loss then reports no KL to the base.
+        ref = self.reference_logprobs(batch) if cfg.loss.kl_coef != 0.0 else None
         batch = replace(batch, old_logprobs=old, ref_logprobs=ref)
         n_micro = max(1, -(-batch.batch_size // cfg.micro_batch_size))
+        micro_batches = length_sorted_split(batch, n_micro)
         count = normalizer_count(batch.loss_mask, cfg.loss.agg_mode).detach().clone()
         if sync is not None:
             sync.all_reduce_sum(count)
@@ -181,7 +182,7 @@ class ReflectorPolicy:
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             totals: dict[str, float] = {}
-            for micro in batch.split(n_micro):
+            for micro in micro_batches:
                 loss, m = self._micro_loss(micro, normalizer, old_from_forward)
                 loss.backward()
                 weight = micro.num_loss_tokens / normalizer
@@ -286,6 +287,27 @@ class ReflectorPolicy:
         directory = Path(directory)
         self.model.save_pretrained(directory, safe_serialization=True)
         return directory
+
+
+def length_sorted_split(batch: ReflectionBatch, n: int) -> list[ReflectionBatch]:
+    """``n`` micro-batches of near-equal row counts, rows grouped by length (longest first), each
+    cut to its own longest row: the padding a micro-batch of mixed lengths would compute is
+    gone. Rows are right-padded and attention is causal, so every real position sees the same
+    tokens as in the full batch; the step normalises by the whole batch's count, so grouping
+    changes no gradient (up to float summation order)."""
+    lengths = batch.attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    parts = []
+    for index in order.tensor_split(n):
+        micro = batch.select(index)
+        width = max(int(lengths[index].max()), 1)
+        cut = {
+            f.name: getattr(micro, f.name)[:, :width]
+            for f in fields(micro)
+            if getattr(micro, f.name) is not None and getattr(micro, f.name).dim() == 2
+        }
+        parts.append(replace(micro, **cut))
+    return parts
 
 
 def _summed(totals: dict[str, float], sync: GradSync) -> dict[str, float]:
