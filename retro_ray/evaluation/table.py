@@ -31,7 +31,12 @@ from typing import Any
 import numpy as np
 
 from retro_ray.evaluation.conditions import split_label
-from retro_ray.evaluation.success import eval_episodes, success_by_trial, tokens_per_task
+from retro_ray.evaluation.success import (
+    agent_sort_key,
+    eval_episodes,
+    success_by_trial,
+    tokens_per_task,
+)
 
 BOOTSTRAP_SAMPLES = 2000
 Unit = tuple[int, str]
@@ -182,7 +187,8 @@ def with_baseline(
                 f"{table.get(key)}; evaluate both with the same {key}"
             )
     out = dict(table)
-    out["agents"] = {**table["agents"], **baseline["agents"]}
+    merged = {**table["agents"], **baseline["agents"]}
+    out["agents"] = {label: merged[label] for label in sorted(merged, key=agent_sort_key)}
     out["best"] = {**table.get("best", {}), **baseline.get("best", {})}
     episodes = {**table.get("training_episodes", {}), **baseline.get("training_episodes", {})}
     out["training_episodes"] = {**episodes, **(training_episodes or {})}
