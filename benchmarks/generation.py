@@ -2,8 +2,11 @@
 
 Both backends serve the same model directory and get the same reflection-style prompts (sampling
 at temperature 1, the training setting), at batch sizes 1, 8 and 64; each uses one compute thread
-(torch intra-op threads; vLLM's OpenMP threads bound to one core). The ratio ``vllm_over_torch``
-tells whether paying the vLLM engine start (about 30 s on CPU) is worth it at a given batch.
+(torch intra-op threads; vLLM's OpenMP threads bound to one core). Backends alternate within each
+batch size, and the whole sweep is repeated ``--repeats`` times (default 3): every figure is the
+median over repeats (``reflections_per_s_each`` lists them). The ratios ``vllm_over_torch``
+(reflections/s) and ``vllm_over_torch_tokens`` (generated tokens/s) tell whether paying the vLLM
+engine start (``vllm_start_s``) is worth it at a given batch.
 
     python -m benchmarks.generation --json
 """
@@ -15,6 +18,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -79,6 +83,13 @@ async def measure(
     }
 
 
+def medians(rows: list[dict[str, float]]) -> dict[str, Any]:
+    """The median of each figure over repeats, and each repeat's reflections/s."""
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+    out["reflections_per_s_each"] = [r["reflections_per_s"] for r in rows]
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--min-seconds", type=float, default=4.0, help="per backend and batch")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats (medians)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -112,13 +124,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         started = time.perf_counter()
         engine = VLLMBackend(model_dir, max_num_seqs=max(BATCHES))
         start_s = time.perf_counter() - started
-        out: dict[str, Any] = {"torch": {}, "vllm": {}, "vllm_start_s": round(start_s, 1)}
-        try:  # interleaved per batch size, so drifting load on a shared machine hits both alike
-            for b in BATCHES:
-                out["torch"][str(b)] = await measure(torch_backend, b, sampling, args.min_seconds)
-                out["vllm"][str(b)] = await measure(engine, b, sampling, args.min_seconds)
+        runs: dict[str, dict[str, list[dict[str, float]]]] = {"torch": {}, "vllm": {}}
+        try:  # interleaved (repeat, batch, backend): drifting load on a shared machine hits both
+            for _ in range(args.repeats):
+                for b in BATCHES:
+                    for name, client in (("torch", torch_backend), ("vllm", engine)):
+                        row = await measure(client, b, sampling, args.min_seconds)
+                        runs[name].setdefault(str(b), []).append(row)
         finally:
             await engine.shutdown()
+        out: dict[str, Any] = {"vllm_start_s": round(start_s, 1), "repeats": args.repeats}
+        for name, by_batch in runs.items():
+            out[name] = {b: medians(rows) for b, rows in by_batch.items()}
         return out
 
     load_before = os.getloadavg()[0]
@@ -140,6 +157,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             str(b): round(
                 results["vllm"][str(b)]["reflections_per_s"]
                 / results["torch"][str(b)]["reflections_per_s"],
+                2,
+            )
+            for b in BATCHES
+        },
+        "vllm_over_torch_tokens": {
+            str(b): round(
+                results["vllm"][str(b)]["tokens_per_s"] / results["torch"][str(b)]["tokens_per_s"],
                 2,
             )
             for b in BATCHES

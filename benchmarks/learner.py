@@ -1,25 +1,33 @@
-"""The learner's optimizer step, side by side: ours under Ray Train (1 and 2 workers), a plain
-single-process peft loop, and TRL's GRPO loss, on identical tensors.
+"""The learner's optimizer step on equal work: ours, TRL's GRPO loss and a plain peft loop in
+one process, and ours under Ray Train (1 and 2 workers) apart.
 
 Same tiny model (the zoo's retrospective base), same LoRA settings, same global batch of
-reflections (random token ids, fixed lengths, advantages of both signs), one micro-batch, grad
-clipping and AdamW everywhere, one torch thread per process. Each timing is the median of
-``--steps`` optimizer steps after ``--warmup``, then the median over ``--rounds`` interleaved
-rounds (the machine is shared: interleaving spreads others' load over every contender):
+reflections (random token ids of varied lengths, advantages of both signs), the same micro-batch
+size (``--micro-batch``) for everyone, grad clipping and AdamW everywhere, float32, one torch
+thread per process, no KL term. Each timing is the median of ``--steps`` optimizer steps after
+``--warmup``, then the median over ``--rounds`` interleaved rounds (the machine is shared:
+interleaving spreads others' load over every contender):
 
-- ``ours_ray_{1,2}w``: ``ReflectorPolicy.update`` inside the long-lived Ray Train ``fit()``, as
-  timed by the worker (forward, loss, backward, gradient all-reduce with 2 workers, clip, step);
-  ``*_batch_wall_s`` adds the rest of a batch's round (queue fetch, checkpoint and publish).
-- ``ours_local``: the same ``update`` in the driver process, no Ray (the plain class alone).
-- ``plain``: forward, log-softmax gather, token-mean REINFORCE loss, backward, clip, step.
-- ``trl``: ``GRPOTrainer.compute_loss`` (loss_type ``bnpo``: token-level, like ours; beta 0),
-  backward, clip, step.
+- ``ours_local``: ``ReflectorPolicy.update`` in this process (``ppo_clip``, kl_coef 0: no
+  reference forward; micro-batches of rows grouped by length, each cut to its longest row; logits
+  only from the first reflection token on);
+- ``trl``: ``GRPOTrainer.compute_loss`` on each micro-batch (TRL slices its padded generation
+  batch: left-padded prompts, right-padded completions), backward, clip, step. ``loss_type``
+  ``dapo`` is the same clipped, token-level loss over the global token count; beta 0 (no
+  reference model); ``gradient_checkpointing``, ``bf16`` and ``fp16`` explicitly off (TRL's
+  defaults turn the first two on). The trainer's effective settings are checked (a mismatch
+  stops the run) and printed as ``trl_settings``. TRL's step also scores every position through
+  its chunked log-prob head with entropies: its own way of working, part of what is compared;
+- ``plain``: rows in their order at the batch's padded width, logits at every position,
+  REINFORCE loss;
+- ``ours_ray_{1,2}w``: the same ``update`` inside the long-lived Ray Train ``fit()``, as timed by
+  the worker (2 workers: half the rows each and a gradient all-reduce); ``*_batch_wall_s`` adds
+  the rest of a batch's round (queue fetch, checkpoint and publish). ``--skip-ray`` leaves it out.
 
-Ours, like TRL (``logits_to_keep``), computes logits only from the first reflection token on (the
-prompt needs none); the plain loop computes them for every position, as a naive loop does.
-
-Ratios are *their time / our time* (above 1: ours is faster). ``scaling_1_to_2`` is the 1-worker
-step time over the 2-worker one (explained in ``scaling_note``).
+Ratios are *their time / our in-process time* (above 1: ours is faster): ``ours_over_trl``,
+``ours_over_plain``; ``ray_1w_over_local`` and ``scaling_1_to_2`` for Ray Train. Each contender's
+``*_tokens_per_s`` is reflection (loss) tokens per second. Figures: the README's performance
+section.
 
     python -m benchmarks.learner --json
 """
