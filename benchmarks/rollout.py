@@ -379,9 +379,7 @@ def main() -> None:
             sequentials.append(sequential(url, args.sequential_episodes, "aiohttp"))
             for c in args.concurrency:
                 n = max(c * args.waves, args.waves)
-                runs.setdefault(f"local@{c}", []).append(
-                    local_run(url, pid, c, n, log, "aiohttp")
-                )
+                runs.setdefault(f"local@{c}", []).append(local_run(url, pid, c, n, log, "aiohttp"))
                 runs.setdefault(f"pool@{c}", []).append(
                     pool_run(url, pid, c, args.workers, n, log, "aiohttp")
                 )
