@@ -402,6 +402,7 @@ def run_train(
         "RAY_ADDRESS": cluster.address,
         "OMP_NUM_THREADS": "1",
         "RAY_DEDUP_LOGS": "0",  # every rank's start line (learner_ranks) and every retry line
+        "RETRO_RAY_RAY_LOGS": "console",  # the workers' lines in the driver's output (ranks)
     }
     driver = TrainDriver(args, env, run_dir.parent / f"{run_dir.name}-logs")
     driver.log_dir.mkdir(parents=True, exist_ok=True)
