@@ -27,8 +27,11 @@ from tests.support.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
 
-ATOL_ONE_STEP = 2e-5
-"""Two workers sum the same numbers in another order (float round-off, about 1e-7 relative)."""
+ATOL_ONE_STEP = 1e-4
+"""Two workers sum the same numbers in another order, in micro-batches cut to other lengths
+(length-sorted per worker: other padded shapes, other kernels): float round-off of about 1e-7
+relative, which AdamW's first step, g / sqrt(v), lifts on near-zero gradient entries (4.9e-5
+measured on one entry; the update itself moves the adapter by more than 1e-3)."""
 ATOL_MANY_STEPS = 1e-3
 """Over several AdamW steps that round-off can flip the sign-like first moments of near-zero
 gradient entries (an lr-sized difference on a few entries: ~7e-5 measured after 6 steps at lr
