@@ -106,8 +106,9 @@ def _with_version(
 
 
 def _version_number(model: str) -> int:
-    """``retro@3`` -> 3 (``Resolution.model`` is always ``<adapter>@<version>``)."""
-    return int(model.rsplit("@", 1)[1])
+    """``retro@3`` -> 3; the base model, served under its own name, is version 0."""
+    _, at, version = model.rpartition("@")
+    return int(version) if at and version.isdigit() else 0
 
 
 # Defined after every module-level name it uses: ``serve.ingress`` captures the class (by value)
