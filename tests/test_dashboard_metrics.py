@@ -140,6 +140,8 @@ def test_learner_metrics_are_emitted_by_training(tmp_path: Path) -> None:
         client = JobSubmissionClient(head.dashboard_url)
         entry = f"python jobs/train.py --config {config.relative_to(REPO)} "
         entry += f"--set run.output_dir={tmp_path}"
+        # The KL panel needs the reference pass, which the learner skips at kl_coef 0.
+        entry += " --set learner.loss.kl_coef=0.01"
         runtime_env = {"working_dir": str(REPO), "env_vars": {"OMP_NUM_THREADS": "1"}}
         job_id = client.submit_job(entrypoint=entry, runtime_env=runtime_env)
         seen: set[str] = set()
