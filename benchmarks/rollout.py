@@ -182,11 +182,15 @@ def sequential(base_url: str, n: int, transport: str) -> dict[str, Any]:
     results = asyncio.run(play())
     seconds = time.monotonic() - start
     calls = sum(t.steps for r in results for t in r.trials)  # one actor call per step
+    return {**throughput(n, seconds, calls), "episode_latency_s": seconds / n}
+
+
+def throughput(episodes: int, seconds: float, calls: int) -> dict[str, Any]:
+    """Episodes and actor calls of one measured run, and their rates."""
     return {
-        "episodes": n,
+        "episodes": episodes,
         "seconds": seconds,
-        "episodes_per_s": n / seconds,
-        "episode_latency_s": seconds / n,
+        "episodes_per_s": episodes / seconds,
         "actor_calls": calls,
         "actor_calls_per_s": calls / seconds,
     }
@@ -215,11 +219,7 @@ def local_run(
     calls = served(base_url, calls0)
     return {
         "concurrency": concurrency,
-        "episodes": len(report.summaries),
-        "seconds": report.seconds,
-        "episodes_per_s": len(report.summaries) / report.seconds,
-        "actor_calls": calls,
-        "actor_calls_per_s": calls / report.seconds,
+        **throughput(len(report.summaries), report.seconds, calls),
         "cpu_ms_per_call": {
             "process": 1e3 * (own_cpu() - cpu0) / calls,
             "replay_server": 1e3 * (cpu_of(server_pid) - server0) / calls,
@@ -256,11 +256,7 @@ def pool_run(
         "concurrency": concurrency,
         "workers": workers,
         "transport": transport,
-        "episodes": len(report.summaries),
-        "seconds": report.seconds,
-        "episodes_per_s": len(report.summaries) / report.seconds,
-        "actor_calls": calls,
-        "actor_calls_per_s": calls / report.seconds,
+        **throughput(len(report.summaries), report.seconds, calls),
         "cpu_ms_per_call": {
             "driver": 1e3 * (own_cpu() - cpu0) / calls,
             "workers": 1e3 * worker_cpu / calls,
