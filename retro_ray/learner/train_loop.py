@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +35,7 @@ import torch
 from retro_ray.algo import ReflectionBatch
 from retro_ray.config import LearnerConfig
 from retro_ray.learner.checkpoint import (
+    ADAPTER_DIR,
     CheckpointStore,
     LearnerState,
     learner_config_hash,
@@ -125,18 +127,24 @@ def _next_batch(queue: Any, seq: int) -> QueuedBatch | None:
             return item
 
 
-def publish_adapter(policy: ReflectorPolicy, job: LearnerJob, step: int) -> int:
-    """Publish the adapter to the registry as ``train``; its version."""
+def publish_adapter(
+    policy: ReflectorPolicy, job: LearnerJob, step: int, saved: Path | None = None
+) -> int:
+    """Publish the adapter to the registry as ``train``; its version. ``saved``: the adapter
+    directory of the checkpoint just written from these weights, published as it is (no second
+    save); without it (the in-process learner keeps no checkpoint) the adapter is saved first."""
     from retro_ray.registry import TRAIN_ALIAS, AdapterRegistry
 
     target = job.registry
     assert target is not None
-    policy.check_finite("published")  # before anything is written: serving must never load it
-
     registry = AdapterRegistry(target.root, job.base_dir, target.name, target.max_lora_rank)
+    config_hash = learner_config_hash(job.config, job.base_dir)
+    if saved is not None:  # the checkpoint refused non-finite weights before writing them
+        meta = registry.publish(saved, step=step, config_hash=config_hash, alias=TRAIN_ALIAS)
+        return meta.version
+    policy.check_finite("published")  # before anything is written: serving must never load it
     with tempfile.TemporaryDirectory() as tmp:
         policy.save_adapter(tmp)
-        config_hash = learner_config_hash(job.config, job.base_dir)
         meta = registry.publish(tmp, step=step, config_hash=config_hash, alias=TRAIN_ALIAS)
     return meta.version
 
@@ -190,7 +198,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     ray.get(job.queue.register_worker.remote(rank, os.getpid()))
     version = state.version
     if rank == 0 and restored is not None:  # a restart: re-serve and re-acknowledge the state
-        version = publish_adapter(policy, job, state.cursor) if job.registry else version
+        saved = store.path(restored) / ADAPTER_DIR
+        version = publish_adapter(policy, job, state.cursor, saved) if job.registry else version
         ray.get(job.queue.ack.remote(state.cursor, version or None))
     cursor = saved_at = state.cursor
 
@@ -235,9 +244,9 @@ def _commit(
     if rank != 0:
         return version
     state = LearnerState(cursor, policy.steps, version, config_hash, policy.nonfinite_skipped)
-    store.write(policy, state)  # refuses NaN/inf weights: a restart must not restore them
+    saved = store.write(policy, state)  # refuses NaN/inf weights: a restart must not restore them
     if job.registry is not None:
-        version = publish_adapter(policy, job, cursor)
+        version = publish_adapter(policy, job, cursor, saved / ADAPTER_DIR)
     import ray
 
     ray.get(job.queue.ack.remote(cursor, version or None))

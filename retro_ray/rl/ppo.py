@@ -33,9 +33,9 @@ from typing import Any
 
 from retro_ray.config import Config, to_dict
 from retro_ray.durable import append_jsonl
+from retro_ray.evaluation.discrete_policy import RL_AGENT, evaluate_policy
 from retro_ray.evaluation.success import eval_episodes, success_by_trial
 from retro_ray.evaluation.table import agent_table
-from retro_ray.rl.evaluate import RL_AGENT, evaluate_policy
 from retro_ray.rl.token_env import TokenActionEnv, TokenEncoder
 from retro_ray.rollout.experience import ExperienceLog
 

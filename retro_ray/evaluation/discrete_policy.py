@@ -1,4 +1,5 @@
-"""Evaluating a discrete policy the way ``retro-ray eval`` evaluates agents (no Ray).
+"""Evaluating a discrete-action policy (the RLlib baseline's) the way ``retro-ray eval``
+evaluates agents (no Ray).
 
 The same test tasks (``env.split`` test, ``env.num_tasks``, drawn per evaluation seed) and up to
 ``trials.max_trials`` trials per task, stopping at the first won trial; one row per played trial
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from retro_ray.rl.token_env import TokenActionEnv
+from retro_ray.envs.base import Task
 from retro_ray.rollout.experience import ExperienceRow, now_utc
 
 RL_AGENT = "rl-ppo"
@@ -30,13 +31,29 @@ LogitsFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 """Batched observation -> action logits (masked slots already at a very low logit)."""
 
 
+class DiscreteTaskEnv(Protocol):
+    """A gymnasium environment over one family's tasks with a discrete action space (such as
+    ``retro_ray.rl.token_env.TokenActionEnv``): ``reset(options={"task_id": ...})`` starts that
+    task; ``step`` returns gymnasium's 5-tuple with ``won``, ``score`` and ``masked`` in its info;
+    ``log`` holds the trial's (action text, observation) pairs."""
+
+    task: Task | None
+    log: list[tuple[str, str]]
+
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[Any, dict]: ...
+
+    def step(self, action: int) -> tuple[Any, float, bool, bool, dict]: ...
+
+
 def trial_seed(seed: int, task_id: str, trial: int) -> int:
     digest = hashlib.sha256(f"rl|{seed}|{task_id}|{trial}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % (2**63)
 
 
 def play_trial(
-    env: TokenActionEnv, logits_fn: LogitsFn, task_id: str, generator: torch.Generator
+    env: DiscreteTaskEnv, logits_fn: LogitsFn, task_id: str, generator: torch.Generator
 ) -> dict[str, Any]:
     """One trial of ``task_id``; returns won, return, steps, masked picks and the trajectory."""
     obs, _ = env.reset(options={"task_id": task_id})
@@ -60,7 +77,7 @@ def play_trial(
 
 
 def evaluate_policy(
-    envs: Mapping[int, TokenActionEnv],
+    envs: Mapping[int, DiscreteTaskEnv],
     logits_fn: LogitsFn,
     tasks: Mapping[int, Sequence[str]],
     trials: int,
