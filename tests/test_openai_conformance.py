@@ -238,3 +238,52 @@ def test_official_client_on_a_chat_model(chat_apps, backend: str) -> None:
         client.chat.completions.create(
             model="retrospective", messages=CONVERSATION, max_tokens=4, stream=True
         )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["torch", "vllm"])
+def test_reflect_on_a_chat_model_goes_through_its_template(chat_apps, backend: str) -> None:
+    """``/v1/reflect`` speaks the served model's language: on a chat-template model the failed
+    trial goes as the system and user turns of ``reflection_messages`` through the template
+    (the prompt's token count is the templated conversation's, not the completion text's)."""
+    import httpx
+    from transformers import AutoTokenizer
+
+    from retro_ray.config import ReflectorConfig
+    from retro_ray.envs.base import Step, Task, Trajectory
+    from retro_ray.llm.templates import chat_prompt_ids, encode_prompt
+    from retro_ray.reflection.prompt import reflection_messages, reflection_prompt
+    from tests.support.extras import require_vllm
+
+    apps, model_dir = chat_apps
+    if backend == "vllm":
+        require_vllm()
+    body = {
+        "task": "Question: where was Bob Lee born?",
+        "trajectory": [{"action": "Search[Bob Lee]", "observation": "Bob Lee was born in Oslo."}],
+        "return": 0.0,
+        "reflections": ["Search the person first."],
+        "model": "retrospective",
+        "max_tokens": 8,
+    }
+    response = httpx.post(
+        f"{apps[backend].url}/reflect",
+        json=body,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    served = ReflectorConfig()  # the app's reflection settings: the config's defaults
+    trajectory = Trajectory(
+        Task(env="request", task_id="request", split="test"),
+        0,
+        body["task"],
+        [Step("Search[Bob Lee]", "Bob Lee was born in Oslo.", 0.0)],
+        score=0.0,
+    )
+    args = (served.instruction, trajectory, body["reflections"])
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    templated = chat_prompt_ids(tokenizer, reflection_messages(*args, served.trajectory_max_chars))
+    plain = encode_prompt(tokenizer, reflection_prompt(*args, served.trajectory_max_chars))
+    assert len(templated) != len(plain)
+    assert response.json()["prompt_tokens"] == len(templated)

@@ -31,7 +31,7 @@ from starlette.exceptions import HTTPException
 from retro_ray.envs.base import Step, Task, Trajectory
 from retro_ray.llm.base import Completion, SamplingParams
 from retro_ray.llm.templates import Prompt, chat_prompt_ids, encode_prompt, has_chat_template
-from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
+from retro_ray.reflection.prompt import clean_reflection, reflection_messages, reflection_prompt
 from retro_ray.registry import AdapterRegistry
 from retro_ray.registry.validation import AdapterRejected, is_valid_model_name
 from retro_ray.serve.guard import ReplicaSettings, RequestGuard, make_engine
@@ -229,12 +229,10 @@ class RetroServer:
             task = Task(env="request", task_id="request", split="test")
             steps = [Step(s.action, s.observation, s.reward) for s in body.trajectory]
             trajectory = Trajectory(task, 0, body.task, steps, score=body.return_)
-            s = self.settings
-            prompt = reflection_prompt(
-                s.instruction, trajectory, body.reflections, s.trajectory_max_chars
-            )
-            sampling = self._sampling(body, body.max_tokens, True, ("\n",))
+            prompt, stop = self._reflection_prompt(trajectory, body.reflections)
+            sampling = self._sampling(body, body.max_tokens, True, stop)
             (out,), model, epoch = await self._generate(body.model, [prompt], sampling)
+            s = self.settings
             payload = ReflectResponse(
                 reflection=clean_reflection(out.text, s.reflection_max_chars),
                 model=model,
@@ -285,6 +283,22 @@ class RetroServer:
             logprobs=logprobs,
             seed=body.seed,
         )
+
+    def _reflection_prompt(
+        self, trajectory: Trajectory, reflections: list[str]
+    ) -> tuple[Prompt, tuple[str, ...]]:
+        """The reflection prompt in the served model's language, and its stop strings: through
+        the chat template where the tokenizer has one (the reply ends at the model's end-of-turn
+        token), else the completion text ending in ``Reflection:`` (the reply is one line), as
+        the reflector client sends it (``reflector.prompt_format``)."""
+        s = self.settings
+        if has_chat_template(self.tokenizer):
+            messages = reflection_messages(
+                s.instruction, trajectory, reflections, s.trajectory_max_chars
+            )
+            return chat_prompt_ids(self.tokenizer, messages), ()
+        text = reflection_prompt(s.instruction, trajectory, reflections, s.trajectory_max_chars)
+        return text, ("\n",)
 
     def _chat_prompt(self, body: ChatRequest) -> Prompt:
         """The chat template's token ids where the tokenizer has one (the template writes the
