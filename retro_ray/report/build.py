@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from retro_ray.evaluation.play import TABLE_FILE, current_rows
-from retro_ray.report import curve, data, history, html, reflections, training_stats
+from retro_ray.report import answer, curve, data, history, html, reflections, training_stats
 from retro_ray.rollout.experience import ExperienceLog
 
 TRAIN_LOG = Path("experience")
@@ -297,7 +297,7 @@ def build_report(
             "registry events": registry["events_path"] if registry["found"] else None,
         },
         "evaluation": evaluation,
-        "answer": html.cost_sentence(evaluation, str(run_dir), training_cost),
+        "answer": answer.cost_sentence(evaluation, str(run_dir), training_cost),
         "examples": examples,
         "training": {
             "reward_by_iteration": training_stats.reward_by_iteration(rows),
