@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos import FAULT_KINDS, fault_schedule, learner_ranks, required_keys
+from benchmarks.chaos_audit import required_keys
+from benchmarks.chaos_faults import FAULT_KINDS, fault_schedule, learner_ranks
 
 REPO = Path(__file__).resolve().parent.parent
 

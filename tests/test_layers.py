@@ -32,7 +32,17 @@ LEAF_UTILITIES = ("aio", "durable", "safe_text", "stopping", "ray_cluster")
 """Top-level helpers every layer may use (event-loop helpers, durable writes, text cleaning,
 SIGTERM handling, joining Ray): they import nothing of retro_ray."""
 
-APPLICATION = ("cli", "demo", "registry_cli", "data_fetch")
+APPLICATION = (
+    "cli",
+    "demo",
+    "registry_cli",
+    "data_fetch",
+    "env_cli",
+    "train_eval_cli",
+    "report_cli",
+    "zoo_cli",
+    "data_cli",
+)
 """Top-level modules that are commands: the top layer. They may import any layer, and each
 other; nothing else imports them."""
 

@@ -206,23 +206,23 @@ def test_publish_after_a_crash_between_rename_and_index_write(
 def test_a_failed_copy_leaves_no_staging_and_the_registry_unchanged(
     registry: AdapterRegistry, tiny: TinyModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import retro_ray.registry.store as store
+    import retro_ray.registry.versions as versions
 
     registry.publish(tiny.adapters["a"])
     before = registry.state()
-    real_copy = store.shutil.copyfile
+    real_copy = versions.shutil.copyfile
 
     def full_disk(src, dst):
         if str(dst).endswith("adapter_model.safetensors"):
             raise OSError(28, "No space left on device")
         return real_copy(src, dst)
 
-    monkeypatch.setattr(store.shutil, "copyfile", full_disk)
+    monkeypatch.setattr(versions.shutil, "copyfile", full_disk)
     with pytest.raises(OSError, match="No space left"):
         registry.publish(tiny.adapters["b"])
     assert sorted(p.name for p in (registry.root / "versions").iterdir()) == ["1"]
     assert registry.state() == before
-    monkeypatch.setattr(store.shutil, "copyfile", real_copy)
+    monkeypatch.setattr(versions.shutil, "copyfile", real_copy)
     assert registry.publish(tiny.adapters["b"]).version == 2
 
 

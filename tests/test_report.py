@@ -36,19 +36,13 @@ import pytest
 from retro_ray.cli import EXIT_CONFIG, main
 from retro_ray.registry import AdapterRegistry
 from retro_ray.report import build_report
+from retro_ray.report.answer import cost_sentence, training_clause
 from retro_ray.report.build import registry_root
-from retro_ray.report.data import (
-    Prices,
-    cost_per_point,
-    eval_episodes,
-    gate_decisions,
-    reflection_examples,
-    success_by_trial,
-    training_cost,
-    trajectory_excerpt,
-)
-from retro_ray.report.html import cost_sentence, training_clause
+from retro_ray.report.data import Prices, cost_per_point, eval_episodes, success_by_trial
+from retro_ray.report.history import gate_decisions
+from retro_ray.report.reflections import reflection_examples, trajectory_excerpt
 from retro_ray.report.text import label, tokens, usd
+from retro_ray.report.training_stats import training_cost
 from retro_ray.rollout.experience import ExperienceLog, ExperienceRow
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

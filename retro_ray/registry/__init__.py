@@ -4,23 +4,20 @@ log, and the checks an adapter passes before it is admitted.
 
 It lives beside ``learner/`` and ``serve/``, not inside either, and imports neither (nor Ray):
 the registry is a directory any process can open. ``store`` holds the directory format and
-``AdapterRegistry``; ``validation`` the adapter and name checks.
+``AdapterRegistry``; ``index`` the index file, its aliases and its lock; ``versions`` the version
+directories; ``audit`` the audit log's readers; ``validation`` the adapter and name checks.
 """
 
+from retro_ray.registry.audit import HISTORY_EVENTS, read_events, registry_history
+from retro_ray.registry.index import ALIASES, PROD_ALIAS, TRAIN_ALIAS
 from retro_ray.registry.store import (
-    ALIASES,
-    HISTORY_EVENTS,
-    PROD_ALIAS,
-    TRAIN_ALIAS,
     AdapterRegistry,
-    AdapterVersion,
     PendingPromotion,
     RegistryOwnedByAnotherRun,
     RegistryState,
-    read_events,
-    registry_history,
 )
 from retro_ray.registry.validation import AdapterRejected
+from retro_ray.registry.versions import AdapterVersion
 
 __all__ = [
     "ALIASES",

@@ -23,29 +23,39 @@ atomic rename only after it was validated, copied in full and fsynced; ``registr
 replaced atomically and durably after it, and its ``revision`` grows with every alias change,
 which is what the controller watches. A publish interrupted between the two leaves a complete
 version the index does not count; version numbers always continue past every directory on disk.
+
+This module holds ``AdapterRegistry``, the one writer of that format; ``index`` reads and writes
+``registry.json`` (and moves aliases in it) under ``registry.lock``, ``versions`` stores and
+numbers the version directories, and ``audit`` reads ``events.jsonl`` back.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retro_ray.durable import append_jsonl, fsync_tree, replace_durably
+from retro_ray.durable import append_jsonl
+from retro_ray.registry.audit import read_events
+from retro_ray.registry.index import (
+    ALIASES,
+    PROD_ALIAS,
+    TRAIN_ALIAS,
+    check_alias,
+    index_path,
+    locked,
+    move_alias,
+    new_index,
+    read_index,
+    required_text,
+    rewind_alias,
+    write_index,
+)
 from retro_ray.registry.validation import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     LLAMA_LORA_MODULES,
-    AdapterInfo,
     AdapterRejected,
     BaseShapes,
     check_adapter_name,
@@ -53,88 +63,15 @@ from retro_ray.registry.validation import (
     model_hash,
     validate_adapter,
 )
+from retro_ray.registry.versions import (
+    AdapterVersion,
+    next_version,
+    remove_stale_staging,
+    store_version,
+    version_dir,
+)
 
 logger = logging.getLogger(__name__)
-
-FORMAT = 1
-TRAIN_ALIAS = "train"
-"""The learner's latest adapter: collection samples from it."""
-PROD_ALIAS = "prod"
-"""The promoted adapter: what users get (the gate or an operator moves it)."""
-ALIASES = (TRAIN_ALIAS, PROD_ALIAS)
-HISTORY_EVENTS = ("promote", "rollback", "pending", "approve")
-"""The events ``registry_history`` returns: every change of an alias, and every request for one."""
-
-
-def read_events(root: str | Path) -> list[dict[str, Any]]:
-    """``<root>/events.jsonl``, oldest first; a torn line (a crash mid-append) is skipped."""
-    path = Path(root) / "events.jsonl"
-    if not path.is_file():
-        return []
-    found = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            found.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s: skipping a torn line", path)
-    return found
-
-
-def registry_history(root: str | Path) -> list[dict[str, Any]]:
-    """Every promotion, rollback, pending promotion and approval of the registry at ``root``,
-    oldest first, from its ``events.jsonl`` (no base model needed: it reads the log alone).
-
-    Each entry has exactly these fields:
-
-    - ``time`` (float, epoch seconds) and ``event``: ``promote`` (the gate, or an operator with
-      ``retro-ray registry promote``, moved the alias), ``rollback`` (an operator moved it back),
-      ``pending`` (approval mode: the gate passed the version; the alias has not moved) or
-      ``approve`` (a person approved a pending promotion: the alias moved);
-    - ``alias`` (``train`` / ``prod``), ``version`` (int: the version the alias moved to, or the
-      one waiting), ``previous`` (int or None: the alias's version before; None for ``pending``);
-    - ``reason`` (str: the gate's reason, or the operator's / approver's words);
-    - ``by`` (str or None: who approved, or who promoted or rolled back when given; None for
-      the gate);
-    - ``gate_reason`` (str or None: for ``approve``, the reason the gate passed the version);
-    - ``run`` (str or None: the run that had the registry open, when it said).
-    """
-    return [
-        {
-            "time": float(e.get("time", 0.0)),
-            "event": e["event"],
-            "alias": e.get("alias"),
-            "version": int(e["version"]),
-            "previous": e.get("previous"),
-            "reason": e.get("reason") or "",
-            "by": e.get("by"),
-            "gate_reason": e.get("gate_reason"),
-            "run": e.get("run"),
-        }
-        for e in read_events(root)
-        if e.get("event") in HISTORY_EVENTS and e.get("version") is not None
-    ]
-
-
-@dataclass(frozen=True)
-class AdapterVersion:
-    """The metadata of one published version (``metadata.json``)."""
-
-    version: int
-    name: str  # "retro@3": the immutable serving name
-    step: int
-    eval_score: float | None
-    base_model_hash: str
-    config_hash: str
-    rank: int
-    target_modules: tuple[str, ...]
-    created_at: float
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> AdapterVersion:
-        return cls(**{**data, "target_modules": tuple(data["target_modules"])})
 
 
 @dataclass(frozen=True)
@@ -192,9 +129,9 @@ class AdapterRegistry:
         self.supported_modules = supported_modules
         self._shapes = BaseShapes.from_model_dir(self.base_model_dir)
         (self.root / "versions").mkdir(parents=True, exist_ok=True)
-        with self._locked():
+        with locked(self.root):
             config_sha = file_sha256(self.base_model_dir / "config.json")
-            if self._index_path.exists():
+            if index_path(self.root).exists():
                 index = self._read_index()
                 self.base_model_hash: str = index["base_model_hash"]
                 if index["name"] != self.name:
@@ -204,19 +141,7 @@ class AdapterRegistry:
                 self._check_owner(index, run, shared)
             else:
                 self.base_model_hash = model_hash(self.base_model_dir)
-                self._write_index(
-                    {
-                        "format": FORMAT,
-                        "name": self.name,
-                        "run": run,
-                        "base_model_hash": self.base_model_hash,
-                        "base_config_sha256": config_sha,
-                        "revision": 0,
-                        "next_version": 1,
-                        "aliases": {},
-                        "alias_history": {},
-                    }
-                )
+                self._write_index(new_index(self.name, run, self.base_model_hash, config_sha))
         self.owner: str | None = self._read_index().get("run")
         self.run = run
 
@@ -245,7 +170,7 @@ class AdapterRegistry:
         return f"{self.name}@{version}"
 
     def path(self, version: int) -> Path:
-        return self.root / "versions" / str(version)
+        return version_dir(self.root, version)
 
     def state(self) -> RegistryState:
         index = self._read_index()
@@ -317,7 +242,7 @@ class AdapterRegistry:
         a complete version directory the index does not name yet; the next publish numbers past
         it (``skipped`` in its event)."""
         if alias is not None:
-            _check_alias(alias)
+            check_alias(alias)
         src = Path(adapter_dir)
         try:
             if base_model_hash is not None and base_model_hash != self.base_model_hash:
@@ -330,14 +255,24 @@ class AdapterRegistry:
             self._event("reject", source=str(src), reason=str(exc))
             logger.warning("adapter %s rejected: %s", src, exc)
             raise
-        with self._locked():
+        with locked(self.root):
             index = self._read_index()
-            self._remove_stale_staging()
-            version, skipped = self._next_version(index)
-            meta = self._store_version(src, version, info, step, eval_score, config_hash)
+            remove_stale_staging(self.root)
+            version, skipped = next_version(self.root, index)
+            meta = store_version(
+                self.root,
+                src,
+                version,
+                self.version_name(version),
+                info,
+                step,
+                eval_score,
+                config_hash,
+                self.base_model_hash,
+            )
             index["next_version"] = version + 1
             if alias is not None:
-                self._move_alias(index, alias, version)
+                move_alias(index, alias, version)
             self._write_index(index)
         extra = {"skipped": skipped} if skipped else {}
         self._event("publish", version=version, name=meta.name, step=step, alias=alias, **extra)
@@ -376,9 +311,9 @@ class AdapterRegistry:
         """Approval mode: ``version`` passed the gate for ``alias`` and waits for a person
         (``approve``); the alias does not move. Recorded in ``registry.json`` (``pending``) and
         as a ``pending`` event."""
-        _check_alias(alias)
+        check_alias(alias)
         version = self.resolve(version)
-        with self._locked():
+        with locked(self.root):
             index = self._read_index()
             request = {"alias": alias, "reason": reason, "time": time.time()}
             index.setdefault("pending", {})[str(version)] = request
@@ -389,9 +324,9 @@ class AdapterRegistry:
     def approve(self, version: int | str, by: str, reason: str) -> int:
         """A person approves the pending promotion of ``version``: its alias moves, and who and
         why are recorded (an ``approve`` event, with the gate's reason as ``gate_reason``)."""
-        by, reason = _required_text(by, "by"), _required_text(reason, "reason")
+        by, reason = required_text(by, "by"), required_text(reason, "reason")
         version = self.resolve(version)
-        with self._locked():
+        with locked(self.root):
             index = self._read_index()
             request = index.get("pending", {}).pop(str(version), None)
             if request is None:
@@ -403,7 +338,7 @@ class AdapterRegistry:
                 )
             alias = request["alias"]
             previous = index["aliases"].get(alias)
-            self._move_alias(index, alias, version)
+            move_alias(index, alias, version)
             self._write_index(index)
         self._event(
             "approve",
@@ -425,143 +360,31 @@ class AdapterRegistry:
     def _set_alias(
         self, alias: str, ref: int | str, event: str, reason: str, by: str | None = None
     ) -> int:
-        _check_alias(alias)
-        who = {} if by is None else {"by": _required_text(by, "by")}
+        check_alias(alias)
+        who = {} if by is None else {"by": required_text(by, "by")}
         version = self.resolve(ref)
-        with self._locked():
+        with locked(self.root):
             index = self._read_index()
             previous = index["aliases"].get(alias)
             request = index.get("pending", {}).get(str(version))
             if request is not None and request["alias"] == alias:  # done by hand: not pending
                 del index["pending"][str(version)]
             if event == "rollback" and previous is not None:
-                history = index["alias_history"].setdefault(alias, [])
-                if version in history:  # forget the target's entry and all that came after
-                    del history[len(history) - 1 - history[::-1].index(version) :]
-                index["aliases"][alias] = version
-                index["revision"] += 1
+                rewind_alias(index, alias, version)
             else:
-                self._move_alias(index, alias, version)
+                move_alias(index, alias, version)
             self._write_index(index)
         self._event(event, alias=alias, version=version, previous=previous, reason=reason, **who)
         return version
 
-    def _next_version(self, index: dict[str, Any]) -> tuple[int, list[int]]:
-        """The next version number, past ``next_version`` and past every version directory on
-        disk, and the directories the index never counted. A publish that crashed (or met a
-        full disk) after its rename but before the index write left such a directory: its
-        number is never reused (the rename would hit a non-empty directory, and engines cache
-        adapters by name). The leftover stays a complete, verifiable version no alias points to."""
-        counted = int(index["next_version"])
-        on_disk = [int(p.name) for p in (self.root / "versions").iterdir() if p.name.isdigit()]
-        skipped = sorted(v for v in on_disk if v >= counted)
-        if skipped:
-            logger.warning(
-                "registry %s: version directories %s were never indexed (an interrupted "
-                "publish); numbering continues after them",
-                self.root,
-                skipped,
-            )
-        return max([counted, *(v + 1 for v in skipped)]), skipped
-
-    def _store_version(
-        self,
-        src: Path,
-        version: int,
-        info: AdapterInfo,
-        step: int,
-        eval_score: float | None,
-        config_hash: str,
-    ) -> AdapterVersion:
-        """Copy and hash the files into a staging directory, fsync it, and rename it into place
-        durably: the version directory appears whole or not at all, and the staging directory
-        never outlives a failure (a full disk, a bad read)."""
-        staging = Path(tempfile.mkdtemp(dir=self.root / "versions", prefix=f".{version}-"))
-        try:
-            files = {}
-            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-                shutil.copyfile(src / name, staging / name)
-                files[name] = file_sha256(staging / name)
-            meta = AdapterVersion(
-                version=version,
-                name=self.version_name(version),
-                step=step,
-                eval_score=eval_score,
-                base_model_hash=self.base_model_hash,
-                config_hash=config_hash,
-                rank=info.rank,
-                target_modules=info.target_modules,
-                created_at=time.time(),
-                files=files,
-            )
-            (staging / "metadata.json").write_text(json.dumps(asdict(meta), indent=2))
-            fsync_tree(staging)
-            replace_durably(staging, self.path(version))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)  # gone already after the rename
-        return meta
-
-    def _remove_stale_staging(self) -> None:
-        """Staging directories of publishes killed before their cleanup ran (called under the
-        lock, so no publish is in progress: every one left is stale)."""
-        for stale in (self.root / "versions").glob(".*"):
-            if stale.is_dir():
-                logger.warning("registry %s: removing stale staging %s", self.root, stale.name)
-                shutil.rmtree(stale, ignore_errors=True)
-
-    @staticmethod
-    def _move_alias(index: dict[str, Any], alias: str, version: int) -> None:
-        previous = index["aliases"].get(alias)
-        if previous is not None and previous != version:
-            index["alias_history"].setdefault(alias, []).append(previous)
-        index["aliases"][alias] = version
-        index["revision"] += 1
-
-    @property
-    def _index_path(self) -> Path:
-        return self.root / "registry.json"
-
     def _read_index(self) -> dict[str, Any]:
-        index = json.loads(self._index_path.read_text())
-        if index.get("format") != FORMAT:
-            raise ValueError(f"registry {self.root} has unknown format {index.get('format')!r}")
-        return index
+        return read_index(self.root)
 
     def _write_index(self, index: dict[str, Any]) -> None:
-        """Replace ``registry.json`` atomically and durably: readers see the old index or the
-        new one, and after a crash the disk holds one of them whole (the version directories it
-        names were fsynced before)."""
-        tmp = self._index_path.with_suffix(".json.tmp")
-        with tmp.open("w") as f:
-            f.write(json.dumps(index, indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        replace_durably(tmp, self._index_path)
+        write_index(self.root, index)
 
     def _event(self, event: str, **fields: Any) -> None:
         run = {} if self.run is None or "run" in fields else {"run": self.run}
         record = {"time": time.time(), "event": event, **fields, **run}
-        with self._locked():  # fsynced; a torn last line of a crash is cut first, never glued to
+        with locked(self.root):  # fsynced; a torn last line of a crash is cut first, never glued to
             append_jsonl(self.root / "events.jsonl", record)
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with (self.root / "registry.lock").open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _check_alias(alias: str) -> None:
-    if alias not in ALIASES:
-        raise ValueError(f"unknown alias {alias!r}; expected one of {ALIASES}")
-
-
-def _required_text(value: str, what: str) -> str:
-    """Who approved and why: non-empty, one line, at most 500 characters."""
-    text = (value or "").strip()
-    if not text or "\n" in text or len(text) > 500:
-        raise ValueError(f"{what} must be one non-empty line of at most 500 characters: {value!r}")
-    return text

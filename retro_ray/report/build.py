@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from retro_ray.evaluation.play import TABLE_FILE, current_rows
-from retro_ray.report import curve, data, html
+from retro_ray.report import answer, curve, data, history, html, reflections, training_stats
 from retro_ray.rollout.experience import ExperienceLog
 
 TRAIN_LOG = Path("experience")
@@ -138,13 +138,13 @@ def read_examples(eval_root: Path, labels: tuple[str, str]) -> data.Rows:
     """Trials 0 and 1 of the two agents whose reflections the page compares, with their
     reflections and trajectories (only these rows: trajectories are most of a log's bytes)."""
     if table_conditions(eval_root) is not None:
-        rows = current_rows(eval_root.parent, data.EXAMPLE_COLUMNS)
+        rows = current_rows(eval_root.parent, reflections.EXAMPLE_COLUMNS)
         return [r for r in rows if r["mode"] in labels and r["trial"] <= 1]
     wanted = ds.field("mode").isin(list(labels)) & (ds.field("trial") <= 1)
     return (
         ExperienceLog(eval_root)
         .dataset()
-        .to_table(filter=wanted, columns=list(data.EXAMPLE_COLUMNS))
+        .to_table(filter=wanted, columns=list(reflections.EXAMPLE_COLUMNS))
     )
 
 
@@ -211,7 +211,9 @@ def reflection_examples(eval_root: Path, evaluation: dict[str, Any]) -> dict[str
     if data.BASE_REFLECTOR not in best or data.TRAINED_REFLECTOR not in best:
         return None
     labels = (best[data.BASE_REFLECTOR], best[data.TRAINED_REFLECTOR])
-    return data.reflection_examples(read_examples(eval_root, labels), *labels, limit=EXAMPLES)
+    return reflections.reflection_examples(
+        read_examples(eval_root, labels), *labels, limit=EXAMPLES
+    )
 
 
 def read_baseline(baseline_dir: Path, notes: list[str]) -> tuple[list[dict[str, Any]], list]:
@@ -272,11 +274,11 @@ def build_report(
         evaluation = evaluation_numbers(evaluation_log, prices, trials)
     rows: data.Rows = train if train is not None else []
     examples = reflection_examples(eval_root, evaluation) if evaluation is not None else None
-    training_cost = data.training_cost(
+    training_cost = training_stats.training_cost(
         rows, metrics, summary, prices, count_gate_episodes(run_dir / GATE_DIR)
     )
     registry = registry_section(
-        registry_root(run_dir, config), name, metrics, run_dir / data.GATE_LOG, notes
+        registry_root(run_dir, config), name, metrics, run_dir / history.GATE_LOG, notes
     )
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -295,12 +297,12 @@ def build_report(
             "registry events": registry["events_path"] if registry["found"] else None,
         },
         "evaluation": evaluation,
-        "answer": html.cost_sentence(evaluation, str(run_dir), training_cost),
+        "answer": answer.cost_sentence(evaluation, str(run_dir), training_cost),
         "examples": examples,
         "training": {
-            "reward_by_iteration": data.reward_by_iteration(rows),
-            "throughput": data.throughput(rows),
-            "iteration_seconds": data.iteration_seconds(metrics),
+            "reward_by_iteration": training_stats.reward_by_iteration(rows),
+            "throughput": training_stats.throughput(rows),
+            "iteration_seconds": training_stats.iteration_seconds(metrics),
             "summary": summary,
             "cost": training_cost,
         },
@@ -326,14 +328,14 @@ def registry_section(
     ``metrics.jsonl``) and the registry's history (promotions, rollbacks, pending promotions,
     approvals) of this run."""
     events = read_jsonl(root / "events.jsonl", notes)
-    timeline = data.registry_timeline(read_registry_history(root, events, notes), events, run)
+    timeline = history.registry_timeline(read_registry_history(root, events, notes), events, run)
     if timeline["other_runs"]:
         notes.append(f"registry {root}: {timeline['other_runs']} events of other runs left out")
     return {
         "root": str(root),
         "events_path": str(root / "events.jsonl"),
         "found": bool(events),
-        "gate": data.gate_decisions(metrics, events, run, read_jsonl(gate_log, notes)),
+        "gate": history.gate_decisions(metrics, events, run, read_jsonl(gate_log, notes)),
         **timeline,
     }
 

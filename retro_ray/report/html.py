@@ -1,7 +1,8 @@
 """The report page: one self-contained HTML file (inline CSS, relative links to the PNGs).
 
 ``render`` takes the report dict built by ``retro_ray.report.build`` (the same content as
-``report.json``); every piece of text from the logs goes through ``html.escape``.
+``report.json``); every piece of text from the logs goes through ``html.escape``. The answer's
+sentences are written by ``answer``, the gate and registry history section by ``history_html``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from retro_ray.report.data import COMPARED, base_agent
+from retro_ray.report.answer import eval_hint, training_clause
+from retro_ray.report.history_html import history_section
 from retro_ray.report.text import label, price, tokens, usd
 
-EVAL_HINT = "retro-ray eval --run RUN_DIR"
 PRICE_FLAGS = "--price-prompt/--price-completion"
 REFLECTOR_PRICE_FLAGS = "--price-reflector-prompt/--price-reflector-completion"
 
@@ -38,96 +39,6 @@ pre { white-space: pre-wrap; word-break: break-word; margin: 0.2em 0; font-size:
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
-
-
-def eval_hint(run_dir: str) -> str:
-    return EVAL_HINT.replace("RUN_DIR", run_dir)
-
-
-def cost_sentence(
-    evaluation: dict[str, Any] | None,
-    run_dir: str = "RUN_DIR",
-    training: dict[str, Any] | None = None,
-) -> str:
-    """The manager's answer in plain text: per point of success over ReAct, the extra actor and
-    reflector tokens and dollars of each agent (at its better decoding), then the one-off
-    training cost (``training``: ``data.training_cost``). ``run_dir`` goes into the command to
-    run when the evaluation is missing."""
-    return f"{_per_point_answer(evaluation, run_dir)} {training_clause(training)}"
-
-
-def _per_point_answer(evaluation: dict[str, Any] | None, run_dir: str) -> str:
-    if evaluation is None:
-        return (
-            "No evaluation was run, so there is no success or cost comparison yet: "
-            f"run `{eval_hint(run_dir)}` and then this report again."
-        )
-    baseline, trials = label(evaluation["baseline"]), evaluation["trials"]
-    if not evaluation["cost"]:
-        present = {base_agent(a) for a in evaluation["agents"]}
-        wanted = (base_agent(evaluation["baseline"]), *COMPARED)
-        missing = [label(a) for a in wanted if a not in present]
-        return (
-            f"The evaluation log has no {' and no '.join(missing)}, so there is no cost per "
-            f"point against {baseline}: run `{eval_hint(run_dir)}` for the missing agents."
-        )
-    best = evaluation.get("best") or {}
-    shown = [a for a in evaluation["cost"] if best.get(base_agent(a), a) == a]
-    clauses = [_clause(label(agent), baseline, evaluation["cost"][agent]) for agent in shown]
-    return (
-        f"At trial {trials}, against {baseline}, counting actor and reflector tokens: "
-        + "; ".join(clauses)
-        + "."
-    )
-
-
-def _clause(name: str, baseline: str, c: dict[str, Any]) -> str:
-    if c["no_gain"]:
-        return (
-            f"{name} shows no gain over {baseline} ({c['gain_points']:+.1f} points), "
-            "so there is no cost per point"
-        )
-    gain = f"{name} gains {c['gain_points']:.1f} points"
-    extra = c["extra_tokens_per_task"]
-    parts = (
-        f"{c['extra_actor_tokens_per_task']:+,.0f} actor, "
-        f"{c['extra_reflection_tokens_per_task']:+,.0f} reflector"
-    )
-    if extra <= 0:
-        return f"{gain} while using {-extra:,.0f} fewer tokens per task ({parts}; no extra cost)"
-    text = (
-        f"{gain} for {extra:,.0f} extra tokens per task ({parts}), i.e. "
-        f"{tokens(c['tokens_per_point'])} tokens per point"
-    )
-    if c["extra_cost_per_task_usd"] <= 0:
-        saved = usd(-1000 * c["extra_cost_per_task_usd"])
-        return f"{text}, at no extra cost at the assumed prices (its cheaper token mix saves {saved} per 1,000 tasks)"
-    return f"{text}, or {usd(c['cost_per_point_per_1k_tasks_usd'])} per point per 1,000 tasks"
-
-
-def training_clause(t: dict[str, Any] | None) -> str:
-    """The one-off cost of the training run, in one sentence."""
-    if t is None:
-        return (
-            "This run directory holds no training record (log, metrics.jsonl or summary.json), "
-            "so the one-off training cost is not counted."
-        )
-    wall = t["wall_time_s"]
-    when = f"{wall / 60:.1f} min of wall time" if wall is not None else "an unrecorded wall time"
-    if t["cpus"] is not None and t["core_hours"] is not None:
-        where = f" on {t['cpus']:g} CPUs ({t['core_hours']:.3g} core-hours)"
-    else:
-        where = " (core-hours unknown: the run did not record its CPU count in metrics.jsonl)"
-    gate = (
-        f", plus {t['gate_episodes']:,} validation episodes played by the promotion gate"
-        if t["gate_episodes"]
-        else ""
-    )
-    return (
-        f"Training the adapter cost once: {t['episodes']:,} episodes ({t['trials']:,} trials)"
-        f"{gate}, {when}{where}, and {t['actor_tokens'] + t['reflection_tokens']:,} actor and "
-        f"reflector tokens ({usd(t['token_cost_usd'])})."
-    )
 
 
 def _per_point_cells(c: dict[str, Any]) -> tuple[str, str]:
@@ -380,84 +291,6 @@ def _training_section(report: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _value(x: Any) -> str:
-    if x is None:
-        return ""
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x)
-
-
-def _decision(gate: dict[str, Any]) -> str:
-    words = {"promote": "promote", "reject": "keep current", "pending": "wait for approval"}
-    outcome = gate["outcome"]
-    return words.get(outcome, str(outcome).replace("_", " ")) if outcome else "?"
-
-
-def _gate_table(gates: list[dict[str, Any]]) -> str:
-    rows = "".join(
-        f"<tr><td>{escape(_value(g['time']))}</td><td>{escape(_value(g['iteration']))}</td>"
-        f"<td>{escape(_value(g['candidate']))}</td><td>{escape(_value(g['candidate_return']))}</td>"
-        f"<td>{escape(_value(g['current']))}</td><td>{escape(_value(g['current_return']))}</td>"
-        f"<td>{escape(_value(g['margin']))}</td><td>{escape(_decision(g))}</td>"
-        f"<td>{escape(str(g['reason']))}</td></tr>"
-        for g in gates
-    )
-    return (
-        "<table class='history'><tr><th>time (UTC)</th><th>iteration</th><th>candidate</th>"
-        "<th>its return</th><th>current prod</th><th>its return</th><th>margin</th>"
-        "<th>decision</th><th>reason</th></tr>" + rows + "</table>"
-    )
-
-
-def _history_table(events: list[dict[str, Any]]) -> str:
-    def other(e: dict[str, Any]) -> str:
-        return ", ".join(f"{k}={_value(v)}" for k, v in e["other"].items())
-
-    rows = "".join(
-        f"<tr><td>{escape(_value(e['time']))}</td><td>{escape(e['event'])}</td>"
-        f"<td>{escape(_value(e['alias']))}</td><td>{escape(_value(e['version']))}</td>"
-        f"<td>{escape(_value(e['previous']))}</td><td>{escape(_value(e['by']))}</td>"
-        f"<td>{escape(str(e['reason']))}</td><td>{escape(other(e))}</td></tr>"
-        for e in events
-    )
-    return (
-        "<table class='history'><tr><th>time (UTC)</th><th>event</th><th>alias</th>"
-        "<th>version</th><th>previous</th><th>by</th><th>reason</th><th>details</th></tr>"
-        + rows
-        + "</table>"
-    )
-
-
-def _registry_section(report: dict[str, Any]) -> str:
-    registry = report.get("registry")
-    if registry is None:
-        return ""
-    parts = ["<h2>Promotion gate and registry history</h2>"]
-    published = registry["published_versions"]
-    where = f"Registry <code>{escape(registry['root'])}</code>"
-    if not registry["found"] and not registry["gate"]:
-        parts.append(
-            f"<p class='note'>{where}: no events found (no <code>events.jsonl</code>), so no "
-            "gate decision, promotion, rollback or approval to show.</p>"
-        )
-        return "\n".join(parts)
-    span = f" (v{published[0]} to v{published[-1]})" if published else ""
-    parts.append(f"<p class='note'>{where}: {len(published)} versions published{span}.</p>")
-    parts.append("<h3>Gate decisions</h3>")
-    if registry["gate"]:
-        parts.append(_gate_table(registry["gate"]))
-    else:
-        parts.append("<p class='note'>The gate made no decision in this run.</p>")
-    events = [e for e in registry["events"] if e["event"] != "gate"]
-    parts.append("<h3>Promotions, rollbacks and approvals</h3>")
-    if events:
-        parts.append(_history_table(events))
-    else:
-        parts.append("<p class='note'>No alias was moved and nothing was approved.</p>")
-    return "\n".join(parts)
-
-
 def _learning_curve_section(report: dict[str, Any]) -> str:
     curves = report.get("learning_curves")
     if not curves:
@@ -500,7 +333,7 @@ def render(report: dict[str, Any]) -> str:
             _learning_curve_section(report),
             _examples_section(report),
             _training_section(report),
-            _registry_section(report),
+            history_section(report),
             "<h2>Sources</h2>",
             f"<ul class='note'>{sources}{notes}</ul>",
             "</body></html>",

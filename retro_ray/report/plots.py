@@ -3,7 +3,8 @@
 matplotlib is imported inside ``_figure`` (not at module import), and figures are built on
 ``matplotlib.figure.Figure`` with an Agg canvas rather than through ``pyplot``: no global state,
 no display needed, safe next to other users of matplotlib in the same process. Every function
-takes the plain values computed by ``retro_ray.report.data`` and writes one PNG.
+takes the plain values computed by ``retro_ray.report.data`` (or ``training_stats``, ``curve``)
+and writes one PNG.
 """
 
 from __future__ import annotations

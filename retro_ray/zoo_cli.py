@@ -1,0 +1,72 @@
+"""``retro-ray zoo build|eval``: build and cache the embedded tiny models (``retro_ray.zoo``), and
+measure the actor's success with each kind of reflection."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="build or evaluate the embedded tiny models")
+    actions = zoo.add_subparsers(metavar="ACTION")
+    build = actions.add_parser("build", help="build and cache the tokenizer and tiny models")
+    build.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    build.add_argument("--cache-dir", default=None, help="default: $RETRO_RAY_CACHE/zoo")
+    build.add_argument("--threads", type=int, default=1, help="torch threads (1: see zoo.build)")
+    build.add_argument("--json", action="store_true", help="print one JSON object")
+    build.set_defaults(handler=_zoo_build)
+    ev = actions.add_parser("eval", help="the actor's success with each kind of reflection")
+    ev.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    ev.add_argument("--cache-dir", default=None)
+    ev.add_argument("--tasks", type=int, default=50, help="test tasks per environment")
+    ev.add_argument("--trials", type=int, default=3)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--threads", type=int, default=1, help="torch threads")
+    ev.add_argument(
+        "--out", default=None, help="experience log directory (default: runs/zoo-eval/RECIPE)"
+    )
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.set_defaults(handler=_zoo_eval)
+
+
+def _zoo_build(args: argparse.Namespace) -> int:
+    from retro_ray.zoo.build import build_zoo
+
+    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    result = {
+        "recipe": args.recipe,
+        "path": str(built.root),
+        "actor_dir": str(built.actor_dir),
+        "retrospective_dir": str(built.retrospective_dir),
+        "cache_hit": built.cache_hit,
+        "seconds": round(built.seconds, 2),
+        "manifest": built.manifest,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"zoo {args.recipe}: {built.root} ({'cache hit' if built.cache_hit else 'built'})")
+    return 0
+
+
+def _zoo_eval(args: argparse.Namespace) -> int:
+    from retro_ray.zoo.advice import evaluate_zoo, format_report
+    from retro_ray.zoo.build import build_zoo
+
+    if args.tasks < 1 or args.trials < 1:
+        raise ValueError("--tasks and --trials must be >= 1")
+    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    report = evaluate_zoo(
+        built.actor_dir,
+        built.retrospective_dir,
+        Path(args.out) if args.out else Path("runs") / "zoo-eval" / args.recipe,
+        args.tasks,
+        args.trials,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    report["recipe"] = args.recipe
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
