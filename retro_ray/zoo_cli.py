@@ -7,23 +7,32 @@ import argparse
 import json
 from pathlib import Path
 
+from retro_ray.zoo.recipes import RECIPES
+
 
 def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
     zoo = sub.add_parser("zoo", help="build or evaluate the embedded tiny models")
     actions = zoo.add_subparsers(metavar="ACTION")
     build = actions.add_parser("build", help="build and cache the tokenizer and tiny models")
-    build.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    build.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     build.add_argument("--cache-dir", default=None, help="default: $RETRO_RAY_CACHE/zoo")
     build.add_argument("--threads", type=int, default=1, help="torch threads (1: see zoo.build)")
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.set_defaults(handler=_zoo_build)
     ev = actions.add_parser("eval", help="the actor's success with each kind of reflection")
-    ev.add_argument("--recipe", default="default", choices=["default", "tiny"])
+    ev.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     ev.add_argument("--cache-dir", default=None)
     ev.add_argument("--tasks", type=int, default=50, help="test tasks per environment")
     ev.add_argument("--trials", type=int, default=3)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--threads", type=int, default=1, help="torch threads")
+    ev.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="FAMILY.KEY=VALUE",
+        help="a difficulty knob of one family (env.options), e.g. household.n_containers=9",
+    )
     ev.add_argument(
         "--out", default=None, help="experience log directory (default: runs/zoo-eval/RECIPE)"
     )
@@ -51,6 +60,23 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def family_options(items: list[str]) -> dict[str, dict[str, str]]:
+    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}`` (the
+    config loader parses and validates each value as the family's option)."""
+    from retro_ray.zoo.recipes import ENVS
+
+    options: dict[str, dict[str, str]] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        family, dot, key = name.partition(".")
+        if not sep or not dot or not key:
+            raise ValueError(f"--option {item!r}: expected FAMILY.KEY=VALUE")
+        if family not in ENVS:
+            raise ValueError(f"--option {item!r}: family must be one of {', '.join(ENVS)}")
+        options.setdefault(family, {})[key] = value
+    return options
+
+
 def _zoo_eval(args: argparse.Namespace) -> int:
     from retro_ray.zoo.advice import evaluate_zoo, format_report
     from retro_ray.zoo.build import build_zoo
@@ -66,6 +92,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
         args.trials,
         seed=args.seed,
         threads=args.threads,
+        options=family_options(args.option),
     )
     report["recipe"] = args.recipe
     print(json.dumps(report) if args.json else format_report(report))

@@ -25,7 +25,7 @@ class RLConfig:
     """Evaluation seeds (the policy samples its actions; each seed draws them anew)."""
     train_tasks: int = 1000
     """Train-split tasks the env runners draw from (uniformly, by the episode's seed)."""
-    zoo_recipe: Literal["default", "tiny"] = "default"
+    zoo_recipe: Literal["default", "families", "tiny"] = "default"
     """The zoo build whose tokenizer turns observations into ids (built if missing)."""
     tokenizer: str | None = None
     """A model directory or tokenizer.json to use instead of the zoo's."""

