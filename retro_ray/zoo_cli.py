@@ -61,8 +61,9 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 
 def family_options(items: list[str]) -> dict[str, dict[str, str]]:
-    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}`` (the
-    config loader parses and validates each value as the family's option)."""
+    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}``, each
+    family's options checked by the config loader before any model is built or loaded."""
+    from retro_ray.zoo.advice import family_config
     from retro_ray.zoo.recipes import ENVS
 
     options: dict[str, dict[str, str]] = {}
@@ -74,6 +75,8 @@ def family_options(items: list[str]) -> dict[str, dict[str, str]]:
         if family not in ENVS:
             raise ValueError(f"--option {item!r}: family must be one of {', '.join(ENVS)}")
         options.setdefault(family, {})[key] = value
+    for family, values in options.items():
+        family_config(family, tasks=1, trials=1, seed=0, options=values)  # raises on a bad one
     return options
 
 
@@ -83,6 +86,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
 
     if args.tasks < 1 or args.trials < 1:
         raise ValueError("--tasks and --trials must be >= 1")
+    options = family_options(args.option)
     built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
     report = evaluate_zoo(
         built.actor_dir,
@@ -92,7 +96,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
         args.trials,
         seed=args.seed,
         threads=args.threads,
-        options=family_options(args.option),
+        options=options,
     )
     report["recipe"] = args.recipe
     print(json.dumps(report) if args.json else format_report(report))

@@ -58,6 +58,23 @@ def test_cli_build_reports_the_cache_hit(zoo_tiny, capsys) -> None:
     assert code == 0 and result["cache_hit"] and result["actor_dir"] == str(zoo_tiny.actor_dir)
 
 
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("household.n_containers=99", "n_containers must be in 2..24"),
+        ("garden.size=3", "family must be one of lookup, household, shop"),
+        ("household=3", "expected FAMILY.KEY=VALUE"),
+    ],
+)
+def test_zoo_eval_rejects_a_bad_option_before_building(tmp_path, capsys, option, message) -> None:
+    from retro_ray.cli import main
+
+    cache = tmp_path / "zoo"
+    code = main(["zoo", "eval", "--recipe", "tiny", "--cache-dir", str(cache), "--option", option])
+    assert code != 0 and message in capsys.readouterr().err
+    assert not cache.exists()  # nothing built, nothing loaded
+
+
 def test_models_load_with_auto_classes_and_explicit_special_tokens(zoo_tiny) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
