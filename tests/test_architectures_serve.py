@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import socket
 import time
 
 import pytest
@@ -32,6 +31,7 @@ from retro_ray.llm.templates import chat_prompt_ids, stop_token_ids
 from retro_ray.reflection.prompt import reflection_messages
 from retro_ray.run_config import load_run_config
 from tests.support.architectures import ARCHITECTURES
+from tests.support.ports import free_port
 
 TOKEN_ENV = "RETRO_RAY_TEST_ARCH_SERVE_TOKEN"
 TOKEN = "arch-serve-token-1"
@@ -39,12 +39,6 @@ LOGPROB_ATOL = 1e-3  # as tests/test_backends.py
 MAX_TOKENS = 16
 RANK = 8
 SWAP_TIMEOUT_S = 120.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _trajectory() -> Trajectory:
@@ -68,7 +62,7 @@ def test_architecture_through_serve_http(ray_cluster, tiny_architectures, tmp_pa
             f"run.name=http-{arch}",
             f"serve.model_dir={model_dir}",
             "serve.backend=torch",
-            f"serve.port={_free_port()}",
+            f"serve.port={free_port()}",
             f"serve.app_name=arch-{arch}",
             f"serve.route_prefix=/{arch}",
             "serve.replica_cpus=0.5",

@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks.chaos_audit import required_keys
 from benchmarks.chaos_faults import FAULT_KINDS, fault_schedule, learner_ranks
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -332,11 +333,3 @@ def test_chaos_run_loses_nothing(tmp_path: Path) -> None:
     assert audit["registry_steps_consecutive"], audit
     assert audit["checkpoint_cursor"] == audit["batches_submitted"] > 0, audit
     assert audit["driver_incarnations"] == 2 and audit["unexpected_driver_exits"] == 0, audit
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

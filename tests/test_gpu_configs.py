@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from retro_ray.config import Config, load_config
+from tests.support.ports import free_port
 from tests.support.shared_data import HOTPOTQA
 
 HOTPOTQA_FILE = HOTPOTQA / "ircot_dev_subsample.jsonl"  # hash splits: train tasks for few-shot
@@ -207,12 +207,6 @@ def test_vllm_accepts_the_engine_arguments(path: Path, qwen2_config_dir) -> None
     assert args.gpu_memory_utilization == s.gpu_memory_utilization and args.enable_lora
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def yes_then_no(prompt: str) -> str:
     """A scripted chat actor for HotPotQA: answers yes, and no once a note is in its turns
     (comparison questions are won either way, so groups differ in reward now and then)."""
@@ -233,7 +227,7 @@ def test_train_runs_the_config_on_cpu_with_a_tiny_model(
         overrides = [
             *cpu_overrides(tiny_chat_model),
             f"actor.endpoint.base_url={actor.base_url}",
-            f"serve.port={_free_port()}",
+            f"serve.port={free_port()}",
             "serve.replica_cpus=0.5",
             "learner.cpus_per_worker=0.25",
             "rollout.num_workers=1",

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 import traceback
 
@@ -16,6 +15,7 @@ from retro_ray.config import EndpointConfig
 from retro_ray.llm import OpenAIClient as LazyOpenAIClient
 from retro_ray.llm.base import EndpointError, LLMClient, RequestRejected, SamplingParams
 from retro_ray.llm.openai_client import REJECTIONS_BEFORE_OUTAGE, OpenAIClient
+from tests.support.ports import free_port
 
 try:
     from tests.support.openai_server import OpenAIServer, apply_limits
@@ -60,13 +60,6 @@ def run_generate(client: OpenAIClient, prompts: list[str], sampling: SamplingPar
 def server():
     with OpenAIServer(echo_actor) as srv:
         yield srv
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from retro_ray.serve.openai_api import (
     models_response,
 )
 from tests.support.openai_schema import request_violations, violations
+from tests.support.ports import free_port
 
 
 class _Tokenizer:
@@ -107,14 +108,6 @@ MAX_TOKENS_LIMIT = 32
 MAX_REQUEST_BYTES = 20_000
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def build_chat_model(root: Path) -> Path:
     """The tests' tiny Llama (``tests/support/tiny_model.py``) with a chat template in its
     tokenizer: a chat-template model either backend serves. (The tiny Llama 3 / Qwen2 / Mistral
@@ -149,7 +142,7 @@ def chat_apps(ray_cluster, tmp_path_factory: pytest.TempPathFactory):
     model_dir = build_chat_model(root)
     common = [
         f"serve.model_dir={model_dir}",
-        f"serve.port={_free_port()}",
+        f"serve.port={free_port()}",
         "serve.replica_cpus=0.5",
         f"serve.max_tokens_limit={MAX_TOKENS_LIMIT}",
         f"serve.max_request_bytes={MAX_REQUEST_BYTES}",

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from retro_ray.serve.launch import RunningApp, start, stop
 from retro_ray.serve.loadgen import RequestStream, failures, monotone_per_client
 from tests.support.conformance import check_app
 from tests.support.extras import require_vllm
+from tests.support.ports import free_port
 from tests.support.tiny_model import TinyModel, build_adapter, build_tiny_model
 
 pytestmark = pytest.mark.slow
@@ -54,12 +54,6 @@ class Served:
 
     def post(self, route: str, body: dict, headers: dict | None = None) -> httpx.Response:
         return httpx.post(f"{self.url}{route}", json=body, headers=headers or AUTH, timeout=60)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve_overrides(tiny: TinyModel, root: Path, port: int) -> list[str]:

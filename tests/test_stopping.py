@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ import pytest
 
 from retro_ray.stopping import EXIT_SIGTERM
 from tests.support.openai_server import OpenAIServer
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MARKER_ENV = "RETRO_RAY_TEST_RUN_MARKER"
@@ -153,12 +153,6 @@ def test_eval_stops_on_sigterm_with_exit_143_and_keeps_what_it_wrote(tmp_path) -
 
     parts = list((tmp_path / "runs").rglob("*.parquet"))
     assert parts and 0 < ds.dataset(parts).count_rows() < 200  # stopped early, what it has reads
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
