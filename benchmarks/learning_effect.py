@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from retro_ray.evaluation.conditions import TABLE_AGENTS
     from retro_ray.evaluation.play import evaluate_run, read_rows
-    from retro_ray.evaluation.table import best_decodings, paired_effect, solved_by_last_trial
     from retro_ray.rollout.experience import ExperienceLog
     from retro_ray.run_config import load_run_config
 
@@ -104,39 +103,29 @@ def main(argv: list[str] | None = None) -> int:
         seeds.append(seed)
     eval_dir = out / "eval"
     overrides = [f"env.num_tasks={args.tasks}", f"trials.max_trials={args.trials}"]
-    tables, solved = [], {}
+    tables, rows_by_run = [], []
     for i, run_dir in enumerate(run_dirs):
         log(f"evaluating run {i} ({run_dir})")
         table = evaluate_run(
             run_dir, TABLE_AGENTS, args.eval_seeds, overrides, eval_dir, progress=not args.json
         )
         tables.append(table)
-        rows = read_rows(
-            ExperienceLog(eval_dir / "experience"), table["conditions"], table["seeds"]
+        rows_by_run.append(
+            read_rows(ExperienceLog(eval_dir / "experience"), table["conditions"], table["seeds"])
         )
-        solved[i] = solved_by_last_trial(rows, args.trials)
-    labels = list(tables[0]["agents"])
-    curves = {
-        lab: [
-            sum(t["agents"][lab]["success_by_trial"][k] for t in tables) / len(tables)
-            for k in range(args.trials)
-        ]
-        for lab in labels
-    }
-    best = best_decodings({lab: c[-1] for lab, c in curves.items()})
-    effect = paired_effect(solved, best) or {}
-    family = {
-        "success_by_trial": curves,
-        "per_run_last_trial": {
-            lab: [t["agents"][lab]["success_by_trial"][-1] for t in tables] for lab in labels
-        },
-        "best": best,
-        **effect,
-        "diff_ci95_low": effect["diff_ci95"][0] if effect else None,
-        "adapters": [t["adapter"] for t in tables],
+    # One entry per family: a mixture's families each, else the one environment.
+    names = list(tables[0].get("families") or [tables[0]["env"]])
+    families = {
+        name: family_effect(
+            [t["families"][name] if "families" in t else t for t in tables],
+            [[r for r in rows if len(names) == 1 or r["env"] == name] for rows in rows_by_run],
+            args.trials,
+        )
+        for name in names
     }
     result: dict[str, Any] = {
-        "families": {tables[0]["env"]: family},
+        "env": tables[0]["env"],
+        "families": families,
         "training_runs": args.runs,
         "train_seeds": seeds,
         "eval_seeds": tables[0]["seeds"],
@@ -152,6 +141,36 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(json.dumps(result, indent=2))
     return 0
+
+
+def family_effect(
+    tables: list[dict[str, Any]], rows_by_run: list[list[dict[str, Any]]], trials: int
+) -> dict[str, Any]:
+    """One family's figures over the training runs: mean success by trial of every condition,
+    each agent's better decoding and the paired effect with its interval over runs and tasks."""
+    from retro_ray.evaluation.table import best_decodings, paired_effect, solved_by_last_trial
+
+    labels = list(tables[0]["agents"])
+    curves = {
+        lab: [
+            sum(t["agents"][lab]["success_by_trial"][k] for t in tables) / len(tables)
+            for k in range(trials)
+        ]
+        for lab in labels
+    }
+    best = best_decodings({lab: c[-1] for lab, c in curves.items()})
+    solved = {i: solved_by_last_trial(rows, trials) for i, rows in enumerate(rows_by_run)}
+    effect = paired_effect(solved, best) or {}
+    return {
+        "success_by_trial": curves,
+        "per_run_last_trial": {
+            lab: [t["agents"][lab]["success_by_trial"][-1] for t in tables] for lab in labels
+        },
+        "best": best,
+        **effect,
+        "diff_ci95_low": effect["diff_ci95"][0] if effect else None,
+        "adapters": [t.get("adapter") for t in tables],
+    }
 
 
 def _commit() -> str | None:

@@ -94,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tasks", type=int, default=100, help="held-out test tasks per seed")
     demo.add_argument("--seeds", type=int, default=3, help="evaluation seeds")
     demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument(
+        "--config",
+        default=None,
+        help="training config (default configs/train.yaml; configs/train_families.yaml: one "
+        "reflector on lookup, household and shop)",
+    )
     _add_config_args_set_only(demo)
     demo.set_defaults(handler=_demo, long_running=True)
     return parser
@@ -105,7 +111,7 @@ def _add_config_args_set_only(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a value of configs/train.yaml by dotted key",
+        help="override a value of the training config by dotted key",
     )
 
 
@@ -129,7 +135,8 @@ def _config_show(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from retro_ray.demo import run_demo
 
-    return run_demo(args.tasks, Path(args.output_dir), seeds=args.seeds, overrides=args.set)
+    config = Path(args.config) if args.config else None
+    return run_demo(args.tasks, Path(args.output_dir), args.seeds, args.set, config)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """``retro-ray demo``: the embedded default end to end, on one machine.
 
-1. build the model zoo if missing (tokenizer, tiny actor, retrospective base);
+1. build the model zoo if missing (tokenizer, tiny actor, retrospective base; the recipe the
+   config's ``serve.zoo_recipe`` names);
 2. train: the Serve app serves the retrospective model, the rollout pool collects reflection groups
    with the ``train`` adapter, the Ray Train learner updates and publishes each adapter, the Serve
-   app hot-swaps it, and the gate promotes ``prod`` (``configs/train.yaml``);
+   app hot-swaps it, and the gate promotes ``prod`` (``configs/train.yaml``, or ``--config``:
+   ``configs/train_families.yaml`` trains one reflector on the three families and prints the
+   table of each);
 3. evaluate on held-out test tasks, several seeds: ReAct, Reflexion (the untrained base),
    Retroformer (the trained adapter), the trajectory and ground-truth oracles;
 4. write the report (``<run>/report/index.html``: plots and the cost per point of success) and
@@ -24,7 +27,11 @@ TRAIN_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train.yaml"
 
 
 def run_demo(
-    tasks: int, output_dir: Path, seeds: int = 3, overrides: list[str] | None = None
+    tasks: int,
+    output_dir: Path,
+    seeds: int = 3,
+    overrides: list[str] | None = None,
+    config: Path | None = None,
 ) -> int:
     from retro_ray.driver.train import run_train
     from retro_ray.evaluation.conditions import TABLE_AGENTS
@@ -34,19 +41,29 @@ def run_demo(
     from retro_ray.zoo.build import build_zoo
 
     start = time.monotonic()
+    phases: dict[str, float] = {}
+
+    def phase_done(name: str) -> None:
+        phases[name] = round(time.monotonic() - start - sum(phases.values()), 1)
+        print(f"[demo] {name} done in {phases[name] / 60:.1f} min", flush=True)
+
     output_dir = output_dir.resolve()
-    zoo = build_zoo("default")
+    config = config or (TRAIN_CONFIG if TRAIN_CONFIG.exists() else None)
+    placement = [f"run.output_dir={output_dir}", f"registry.root={output_dir / 'registry'}"]
+    cfg = load_run_config(config, [*placement, *(overrides or [])])  # checked before any work
+    zoo = build_zoo(cfg.serve.zoo_recipe)
+    phase_done("zoo")
     cfg = load_run_config(
-        TRAIN_CONFIG if TRAIN_CONFIG.exists() else None,
+        config,
         [
-            f"run.output_dir={output_dir}",
-            f"registry.root={output_dir / 'registry'}",
+            *placement,
             f"actor.model_dir={zoo.actor_dir}",
             f"serve.model_dir={zoo.retrospective_dir}",
             *(overrides or []),
         ],
     )
     summary = run_train(cfg)
+    phase_done("train")
     run_dir = Path(summary["run_dir"])
     table = evaluate_run(
         run_dir,
@@ -54,8 +71,10 @@ def run_demo(
         seeds,
         [f"env.num_tasks={tasks}", f"trials.max_trials={EVAL_TRIALS}"],
     )
+    phase_done("eval")
     report = build_report(run_dir)
-    table.update(train=summary, wall_time_s=time.monotonic() - start)
+    phase_done("report")
+    table.update(train=summary, wall_time_s=time.monotonic() - start, phases_s=phases)
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
     print(
         f"\nRetroformer ({table['adapter']}) on {cfg.env.name}: cumulative success by trial "
@@ -64,7 +83,8 @@ def run_demo(
     )
     print(format_agent_table(table))
     print(
-        f"\ndemo finished in {table['wall_time_s'] / 60:.1f} min; "
+        f"\ndemo finished in {table['wall_time_s'] / 60:.1f} min "
+        f"({', '.join(f'{k} {v / 60:.1f}' for k, v in phases.items())}); "
         f"table: {output_dir / 'eval.json'}; run: {run_dir}\nreport: {report['index_html']}"
     )
     return 0

@@ -165,3 +165,24 @@ def test_rows_are_keyed_by_what_made_them(tmp_path) -> None:
     assert set(longer["conditions"].values()).isdisjoint(first["conditions"].values())
     assert len(files()) == 12 + 6 and longer["agents"]["react"]["tasks"] == 3
     assert len(longer["agents"]["react"]["success_by_trial"]) == 3
+
+
+def test_a_mixtures_figures_split_by_family() -> None:
+    """A mixture's rows carry each task's own family: the table of one family is the table of its
+    rows alone, and ``benchmarks.learning_effect`` pairs the runs family by family."""
+    from benchmarks.learning_effect import family_effect
+    from retro_ray.evaluation.table import split_by_family
+
+    shop = [{**r, "env": "shop", "task_id": "s" + r["task_id"]} for r in LOG]
+    lookup = [{**r, "env": "lookup"} for r in rows("retroformer", 0, {"z": [False, False]})]
+    families = split_by_family([*shop, *lookup])
+    assert list(families) == ["lookup", "shop"]
+    assert len(families["shop"]) == len(LOG)
+    alone = agent_table(LOG, 2)
+    part = agent_table(families["shop"], 2)
+    assert part["agents"]["retroformer"]["success_by_trial"] == pytest.approx(
+        alone["agents"]["retroformer"]["success_by_trial"]
+    )
+    effect = family_effect([part, part], [families["shop"], families["shop"]], 2)
+    assert effect["diff"] == pytest.approx(alone["diff"])
+    assert effect["per_run_last_trial"]["retroformer"] == [0.75, 0.75]

@@ -114,8 +114,9 @@ class TrialLoop:
         start = time.monotonic()
         if self.max_steps is not None and hasattr(env, "max_steps"):
             env.max_steps = self.max_steps  # type: ignore[attr-defined]
-        limit = self.max_steps or getattr(env, "max_steps", DEFAULT_MAX_STEPS)
         first = await env_call(env, env.reset, task)
+        # After reset: a mixture's limit is that of the task's own family.
+        limit = self.max_steps or getattr(env, "max_steps", DEFAULT_MAX_STEPS)
         trajectory = Trajectory(task=task, trial=k, first_observation=first)
         record = TrialRecord(
             task_id=task.task_id,

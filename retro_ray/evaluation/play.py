@@ -48,7 +48,7 @@ from retro_ray.evaluation.conditions import (
     model_identity,
 )
 from retro_ray.evaluation.success import EVAL_COLUMNS
-from retro_ray.evaluation.table import agent_table
+from retro_ray.evaluation.table import agent_table, split_by_family
 from retro_ray.llm.base import LLMClient, PinnedAdapter
 from retro_ray.rollout.episodes import EpisodeRunner, EpisodeSpec
 from retro_ray.rollout.experience import ExperienceLog
@@ -233,9 +233,15 @@ def play_and_tabulate(
     tables = []
     for cfg, family in zip(cfgs, plans, strict=True):
         tasks = {s: {t.task_id for t in task_list(seed_config(cfg, s, split))} for s in seeds}
-        table = agent_table(read_rows(log, family, seeds, tasks), cfg.trials.max_trials)
+        rows = read_rows(log, family, seeds, tasks)
         order = [p.condition.label for p in family]
-        table["agents"] = {k: table["agents"][k] for k in order if k in table["agents"]}
+        table = ordered(agent_table(rows, cfg.trials.max_trials), order)
+        families = split_by_family(rows)
+        if len(families) > 1:  # a mixture: its figures by family too
+            table["families"] = {
+                name: ordered(agent_table(part, cfg.trials.max_trials), order)
+                for name, part in families.items()
+            }
         table.update(
             env=cfg.env.name,
             split=split,
@@ -246,6 +252,12 @@ def play_and_tabulate(
         )
         tables.append(table)
     return tables
+
+
+def ordered(table: dict[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``table`` with its agents in the order the conditions were listed."""
+    table["agents"] = {k: table["agents"][k] for k in order if k in table["agents"]}
+    return table
 
 
 def evaluate(

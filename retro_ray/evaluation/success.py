@@ -70,6 +70,7 @@ def pstdev(values: Sequence[float]) -> float:
 
 
 EVAL_COLUMNS = (
+    "env",
     "mode",
     "iteration",
     "task_id",

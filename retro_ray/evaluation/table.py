@@ -98,6 +98,15 @@ def agent_table(
     return table
 
 
+def split_by_family(rows: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    """The rows of each task family (their ``env``: a mixture's tasks keep their own family's
+    name), by family name."""
+    out: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        out.setdefault(row["env"], []).append(row)
+    return dict(sorted(out.items()))
+
+
 def mean_ci95(values: Mapping[Unit, float], seed: int = 0) -> list[float]:
     """Percentile bootstrap interval of a mean over tasks (resampled within each seed)."""
     if not values:
@@ -198,7 +207,15 @@ def with_baseline(
 def format_agent_table(table: Mapping[str, Any]) -> str:
     """The table as text: one line per condition, the best decoding of each agent marked *;
     with ``training_episodes`` in the table, a column of the environment episodes each agent
-    consumed in training (by label, else by agent; blank when unknown)."""
+    consumed in training (by label, else by agent; blank when unknown). A mixture's table is
+    followed by one table per family."""
+    text = _format_one(table)
+    for name, part in (table.get("families") or {}).items():
+        text += f"\n\n{name}:\n" + _format_one(part)
+    return text
+
+
+def _format_one(table: Mapping[str, Any]) -> str:
     trials = table["trials"]
     episodes = table.get("training_episodes") or {}
     header = f"{'agent':<26}" + "".join(f"{'trial ' + str(k + 1):>9}" for k in range(trials))

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.support.ports import free_port
+from tests.support.ports import free_ports
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -31,11 +31,8 @@ class LocalHead:
 
     def __init__(self, num_cpus: int = 4, env: dict[str, str] | None = None) -> None:
         self.num_cpus = num_cpus
-        # Short path: Unix socket paths under the temp dir must stay below 108 bytes.
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="rrh", dir="/tmp"))
-        self.ports = {name: free_port() for name in _PORT_FLAGS}
-        self.address = f"{_node_ip()}:{self.ports['port']}"
-        self.dashboard_url = f"http://127.0.0.1:{self.ports['dashboard-port']}"
+        self.temp_dir = _new_temp_dir()
+        self._pick_ports()
         self.env = {
             **os.environ,
             # Job entrypoints say ``python``: the venv's, as on a cluster image.
@@ -50,7 +47,25 @@ class LocalHead:
         self.env.pop("RAY_ADDRESS", None)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 120.0) -> LocalHead:
+    def _pick_ports(self) -> None:
+        self.ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+        self.address = f"{_node_ip()}:{self.ports['port']}"
+        self.dashboard_url = f"http://127.0.0.1:{self.ports['dashboard-port']}"
+
+    def start(self, timeout_s: float = 120.0, attempts: int = 3) -> LocalHead:
+        """Start the head; a port another process took between our pick and Ray's bind (the
+        ports are released before ``ray start`` binds them) means a fresh pick and a retry."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._start_once(timeout_s)
+            except RuntimeError as exc:
+                if attempt == attempts or not _is_port_conflict(str(exc)):
+                    raise
+                self.temp_dir = _new_temp_dir()  # the failed start's was removed by stop()
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout_s: float) -> LocalHead:
         cmd = [
             str(RAY_BIN),
             "start",
@@ -161,6 +176,15 @@ _PORT_FLAGS = (
     "node-manager-port",
     "object-manager-port",
 )
+
+
+def _new_temp_dir() -> Path:
+    # Short path: Unix socket paths under the temp dir must stay below 108 bytes.
+    return Path(tempfile.mkdtemp(prefix="rrh", dir="/tmp"))
+
+
+def _is_port_conflict(message: str) -> bool:
+    return "is used by other components" in message or "already in use" in message.lower()
 
 
 def _node_ip() -> str:
