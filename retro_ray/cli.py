@@ -13,6 +13,7 @@ modules of their own: ``env_cli``, ``train_eval_cli`` (``eval``, ``rl-baseline``
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,9 @@ EXIT_ENDPOINT = 3
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Model loads and saves (gate checks, the zoo build) would draw tqdm bars on the console;
+    # the commands print their own progress lines. Read by huggingface_hub at import.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     parser = _parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
