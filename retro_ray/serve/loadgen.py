@@ -64,6 +64,10 @@ class RequestStream:
             self._threads.append(thread)
         return self
 
+    def switch(self, model: str) -> None:
+        """Request ``model`` from now on (each client's next request names it)."""
+        self.body = {**self.body, "model": model}
+
     def stop(self) -> list[Sample]:
         self._stop.set()
         for thread in self._threads:
