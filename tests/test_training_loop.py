@@ -69,6 +69,24 @@ def test_each_iteration_collects_with_the_adapter_the_last_one_published(model_d
     assert written == {(0, "retro@0"), (1, "retro@1")}
 
 
+def test_one_reflector_trains_on_a_mixture_of_families(model_dir, tmp_path):
+    """``env.name=mixture``: one loop collects failed trials of every family, each played by
+    its own environment (its own step limit: the random actor plays to it), into one batch for
+    one adapter."""
+    history, serving = run_loop(
+        model_dir, tmp_path, "env.name=mixture", "actor.policy=random", "train.iterations=1",
+        "train.failed_trials_per_iteration=6",
+    )  # fmt: skip
+    assert history[0]["groups"] > 0 and serving.version == 1
+    rows = ExperienceLog(tmp_path / "experience").read("loop").to_pylist()
+    assert {r["env"] for r in rows} == {"lookup", "household", "shop"}
+    longest = {
+        env: max(r["steps"] for r in rows if r["env"] == env)
+        for env in ("lookup", "household", "shop")
+    }
+    assert longest == {"lookup": 6, "household": 4, "shop": 6}  # each family's own step limit
+
+
 def test_overlap_trains_one_batch_while_the_next_is_collected(model_dir, tmp_path):
     history, serving = run_loop(
         model_dir,
