@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import os
 import statistics
@@ -289,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-ray", action="store_true", help="in-process contenders only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
+    missing = [m for m in ("trl", "datasets") if importlib.util.find_spec(m) is None]
+    if missing and not args.skip_trl:
+        p.error(
+            f"TRL is not installed ({', '.join(missing)} missing): install the bench extra, "
+            "pip install -e '.[bench]', or pass --skip-trl"
+        )
 
     import ray
 
