@@ -33,8 +33,10 @@ import json
 import os
 import socket
 import statistics
+import sys
 import tempfile
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -293,7 +295,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    with tempfile.TemporaryDirectory(prefix="hotswap-") as tmp:
+    # Ray's driver prints worker and raylet lines (a Serve controller's retried shutdown, say) on
+    # stdout; during the run they go to stderr, so that --json's stdout holds the one object.
+    with tempfile.TemporaryDirectory(prefix="hotswap-") as tmp, redirect_stdout(sys.stderr):
         result = run(
             args.backend,
             args.replicas,
