@@ -33,12 +33,11 @@ def run_demo(
     overrides: list[str] | None = None,
     config: Path | None = None,
 ) -> int:
-    from retro_ray.driver.train import run_train
+    from retro_ray.driver.train import resolve_models, run_train
     from retro_ray.evaluation.conditions import TABLE_AGENTS
     from retro_ray.evaluation.play import evaluate_run
     from retro_ray.evaluation.table import format_agent_table
     from retro_ray.report import build_report
-    from retro_ray.zoo.build import build_zoo
 
     start = time.monotonic()
     phases: dict[str, float] = {}
@@ -51,17 +50,8 @@ def run_demo(
     config = config or (TRAIN_CONFIG if TRAIN_CONFIG.exists() else None)
     placement = [f"run.output_dir={output_dir}", f"registry.root={output_dir / 'registry'}"]
     cfg = load_run_config(config, [*placement, *(overrides or [])])  # checked before any work
-    zoo = build_zoo(cfg.serve.zoo_recipe)
+    cfg = resolve_models(cfg)  # the zoo of serve.zoo_recipe, built when missing
     phase_done("zoo")
-    cfg = load_run_config(
-        config,
-        [
-            *placement,
-            f"actor.model_dir={zoo.actor_dir}",
-            f"serve.model_dir={zoo.retrospective_dir}",
-            *(overrides or []),
-        ],
-    )
     summary = run_train(cfg)
     phase_done("train")
     run_dir = Path(summary["run_dir"])
