@@ -11,8 +11,9 @@ LLM call is an actor call. Every call must be answered from the recording (a mis
 - ``local@c``: the project's single-process executor (``LocalCollector``: a rollout worker's
   ``EpisodeRunner`` on one event loop, Parquet log included) with ``c`` episodes in flight;
 - ``pool@c``: the Ray pool, ``c`` in flight over ``--workers`` (default: one per core);
-  ``pool_httpx@c``: the same at the highest ``c`` with the OpenAI SDK's default httpx transport
-  (the others use its aiohttp transport, ``actor.endpoint.http_transport``);
+  ``pool_aiohttp@c`` and ``pool_httpx@c``: the same at the highest ``c`` through the official
+  OpenAI SDK on its aiohttp and its default httpx client (the others use the default ``direct``
+  transport, ``actor.endpoint.http_transport``: the same bodies on a plain aiohttp session);
 - per row: actor calls/s, ``efficiency`` (episodes/s over c / sequential episode latency: 1.0 is
   perfect overlap) and CPU ms per call in the driver, the workers and the replay server;
   ``worker_capacity_calls_per_s_per_core`` (1000 / worker CPU ms per call at the highest c) sizes
@@ -44,7 +45,7 @@ from typing import Any
 
 from benchmarks.replay_server import prompt_key
 from retro_ray.agents.build import build_trial_loop, config_for_agent
-from retro_ray.config import Config
+from retro_ray.config import Config, EndpointConfig
 from retro_ray.envs.registry import make_env_from_config
 from retro_ray.llm.base import Completion, LLMClient, SamplingParams
 from retro_ray.llm.openai_client import OpenAIClient
@@ -52,6 +53,8 @@ from retro_ray.rollout.worker import rss_bytes
 from retro_ray.run_config import load_run_config
 
 MODE = "trajectory-oracle"
+TRANSPORT = EndpointConfig().http_transport
+"""The default transport (``direct``): what every row but the SDK baselines uses."""
 CONCURRENCIES = (1, 16, 64, 256)
 
 
@@ -59,7 +62,7 @@ def bench_config(
     base_url: str,
     workers: int,
     per_worker: int,
-    transport: str = "aiohttp",
+    transport: str = TRANSPORT,
     trials_concurrency: int = 1,
 ) -> Config:
     return load_run_config(
@@ -286,7 +289,7 @@ def memory_run(base_url: str, workers: int, n: int, log_root: Path) -> dict[str,
 
     from retro_ray.rollout.pool import RolloutPool
 
-    cfg = bench_config(base_url, workers, 32, "aiohttp")
+    cfg = bench_config(base_url, workers, 32, TRANSPORT)
     tasks = tasks_of(cfg, n)
     with RolloutPool(cfg, MODE, "memory", log_root, progress=False) as pool:
         pool.collect(tasks, iteration=0)
@@ -347,9 +350,10 @@ def main() -> None:
     parser.add_argument("--memory-episodes", type=int, default=100)
     parser.add_argument("--concurrency", type=int, nargs="*", default=list(CONCURRENCIES))
     parser.add_argument(
-        "--baseline-transport",
-        default="httpx",
-        help="the pool also runs at the highest concurrency with this transport ('' for none)",
+        "--baseline-transports",
+        nargs="*",
+        default=["aiohttp", "httpx"],
+        help="the pool also runs at the highest concurrency through the SDK on these clients",
     )
     parser.add_argument("--cache", type=Path, default=Path.home() / ".cache/retro_ray/bench")
     args = parser.parse_args()
@@ -372,16 +376,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, replay_server(path, args.delay_s) as (url, pid):
         for repeat in range(args.repeats):  # interleaved: the machine's load hits every row alike
             log = Path(tmp) / f"log{repeat}"
-            sequentials.append(sequential(url, args.sequential_episodes, "aiohttp"))
+            sequentials.append(sequential(url, args.sequential_episodes, TRANSPORT))
             for c in args.concurrency:
                 n = max(c * args.waves, args.waves)
-                runs.setdefault(f"local@{c}", []).append(local_run(url, pid, c, n, log, "aiohttp"))
+                runs.setdefault(f"local@{c}", []).append(local_run(url, pid, c, n, log, TRANSPORT))
                 runs.setdefault(f"pool@{c}", []).append(
-                    pool_run(url, pid, c, args.workers, n, log, "aiohttp")
+                    pool_run(url, pid, c, args.workers, n, log, TRANSPORT)
                 )
-                if c == top and args.baseline_transport:
-                    runs.setdefault(f"pool_{args.baseline_transport}@{c}", []).append(
-                        pool_run(url, pid, c, args.workers, n, log, args.baseline_transport)
+                for other in args.baseline_transports if c == top else ():
+                    runs.setdefault(f"pool_{other}@{c}", []).append(
+                        pool_run(url, pid, c, args.workers, n, log, other)
                     )
                 print(
                     f"repeat {repeat} concurrency {c}: local "

@@ -1,5 +1,6 @@
 """OpenAIClient against the scripted fixture server: round trips, accounting, concurrency, retries,
-errors that name the endpoint, and the API key kept out of messages and logs. Fast; no Ray."""
+errors that name the endpoint, and the API key kept out of messages and logs, through each
+transport (every test runs on ``direct`` and on the SDK's ``aiohttp`` client). Fast; no Ray."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import logging
 import time
 import traceback
+from typing import Any
 
 import openai
 import pytest
@@ -25,6 +27,18 @@ except ModuleNotFoundError:  # tests/ is not a package: pytest put tests/ itself
 pytestmark = pytest.mark.timeout(60)
 
 KEY_ENV = "TEST_KEY_ENV"
+TRANSPORTS = ("direct", "aiohttp")
+
+
+@pytest.fixture(params=TRANSPORTS, autouse=True)
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test of this module runs through each transport: ``make_config`` picks it up."""
+    global CURRENT_TRANSPORT
+    CURRENT_TRANSPORT = request.param
+    return request.param
+
+
+CURRENT_TRANSPORT = TRANSPORTS[0]
 
 
 def echo_actor(prompt: str) -> str:
@@ -41,6 +55,7 @@ def make_config(server: OpenAIServer, **overrides: object) -> EndpointConfig:
         "timeout_s": 5.0,
         "max_retries": 3,
         "backoff_s": 0.001,
+        "http_transport": CURRENT_TRANSPORT,
     }
     values.update(overrides)
     return EndpointConfig(**values)  # type: ignore[arg-type]
@@ -221,7 +236,13 @@ def test_endpoint_down_raises_endpoint_error_after_max_retries(server, caplog):
 def test_port_nothing_listens_on():
     url = f"http://127.0.0.1:{free_port()}/v1"
     client = OpenAIClient(
-        EndpointConfig(base_url=url, max_retries=1, backoff_s=0.001, timeout_s=2.0)
+        EndpointConfig(
+            base_url=url,
+            max_retries=1,
+            backoff_s=0.001,
+            timeout_s=2.0,
+            http_transport=CURRENT_TRANSPORT,
+        )
     )
     with pytest.raises(EndpointError, match="2 attempts") as info:
         run_generate(client, ["x"], SamplingParams())
@@ -397,7 +418,7 @@ def test_a_key_with_a_trailing_newline_is_sent_stripped(server, monkeypatch):
     client = OpenAIClient.from_config(make_config(server))
     (out,) = run_generate(client, ["open the box"], SamplingParams(max_tokens=8))
     assert out.text.startswith("> take[box]")
-    assert server.requests[-1].headers["authorization"] == "Bearer sk-test-key"
+    assert server.requests[-1].header("Authorization") == "Bearer sk-test-key"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -405,7 +426,7 @@ def test_a_key_with_a_trailing_newline_is_sent_stripped(server, monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("transport", ["direct", "aiohttp", "httpx"], indirect=True)
 def test_transport_reuses_keep_alive_connections(transport):
     """Three rounds of 24 requests, at most 8 in flight: every round after the first reuses the
     first round's connections (at most 8 ever opened), through the transport configured."""
@@ -428,7 +449,9 @@ def test_transport_reuses_keep_alive_connections(transport):
         client = OpenAIClient(config)
         try:
             rounds = [await client.generate(prompts, SamplingParams(max_tokens=4)) for _ in "abc"]
-            kind = type(client._client._client).__name__  # the SDK's HTTP client
+            inner: Any = client._transport
+            http = inner.session if transport == "direct" else inner.client._client
+            kind = type(http).__name__  # the HTTP client that carried the requests
         finally:
             await client.aclose()
             listener.close()
@@ -439,3 +462,33 @@ def test_transport_reuses_keep_alive_connections(transport):
     assert replay.hits == 72 and replay.misses == 0
     assert 1 <= len(opened) <= 8  # 72 requests, never more connections than requests in flight
     assert ("Aio" in kind) == (transport == "aiohttp")
+    assert (kind == "ClientSession") == (transport == "direct")
+
+
+def test_a_body_that_is_not_an_openai_response_stops_with_a_hint(transport):
+    """A 200 with a web page (a base_url without ``/v1`` behind a proxy, say) is not retried and
+    not a failed episode: the run stops with an error that says what to check."""
+
+    async def web_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass  # the headers; the body of the POST is left unread
+        page = b"<html>hello</html>"
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {len(page)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + page)
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        listener = await asyncio.start_server(web_page, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        config = EndpointConfig(base_url=f"http://127.0.0.1:{port}/v1", http_transport=transport)
+        client = OpenAIClient(config)
+        try:
+            await client.generate(["x"], SamplingParams())
+        finally:
+            await client.aclose()
+            listener.close()
+
+    with pytest.raises(EndpointError, match="ending in /v1") as info:
+        asyncio.run(main())
+    assert info.value.kind == "malformed_response" and "1 attempt." in str(info.value)

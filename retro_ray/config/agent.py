@@ -43,10 +43,11 @@ class EndpointConfig:
     """First backoff delay in seconds; doubled after each retry (with jitter), capped at 30 s."""
     max_concurrency: int = 16
     """Largest number of requests in flight to this endpoint at once."""
-    http_transport: Literal["aiohttp", "httpx"] = "aiohttp"
-    """The OpenAI SDK's HTTP transport: ``aiohttp`` (the SDK's ``DefaultAioHttpClient``, about
-    half the CPU per call of the default, see ``benchmarks.rollout``) or ``httpx`` (the SDK's
-    default). Either keeps up to ``max_concurrency`` connections alive for reuse."""
+    http_transport: Literal["direct", "aiohttp", "httpx"] = "direct"
+    """How requests travel: ``direct`` (the OpenAI wire protocol on a plain aiohttp session, the
+    least CPU per call), or the official SDK on its ``aiohttp`` (``DefaultAioHttpClient``) or
+    ``httpx`` (its default) client: the same bodies, retries and errors either way, measured side
+    by side in ``benchmarks.rollout``. Each keeps up to ``max_concurrency`` connections alive."""
     price_per_1m_prompt_tokens: float = 0.0
     """Price of one million prompt tokens, for cost accounting (any currency)."""
     price_per_1m_completion_tokens: float = 0.0
