@@ -33,23 +33,23 @@ from benchmarks.hotswap import free_port, summary
 def server_env() -> dict[str, str]:
     """The server's environment: runtime LoRA updates allowed; on CPU our measured settings
     where the caller has not set them."""
-    from retro_ray.llm.vllm_backend import _on_gpu, cpu_engine_env
+    from retro_ray.llm.vllm_backend import cpu_engine_env, gpu_available
 
     env = dict(os.environ)
     env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-    if not _on_gpu():
+    if not gpu_available():
         for key, value in cpu_engine_env(cpu_threads=1, kv_cache_gib=1).items():
             env.setdefault(key, value)
     return env
 
 
 def server_command(model_dir: Path, port: int, rank: int) -> list[str]:
-    from retro_ray.llm.vllm_backend import _on_gpu
+    from retro_ray.llm.vllm_backend import gpu_available
 
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     command += ["--model", str(model_dir), "--host", "127.0.0.1", "--port", str(port)]
     command += ["--enable-lora", "--max-lora-rank", str(rank), "--max-loras", "2"]
-    if not _on_gpu():
+    if not gpu_available():
         command += ["--dtype", "float32"]
     return command
 

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 
 import pytest
 
@@ -18,7 +19,7 @@ from retro_ray.agents.results import summarize
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.envs.registry import make_env
 from retro_ray.zoo.build import build_zoo, cache_root
-from retro_ray.zoo.data import generate_data
+from retro_ray.zoo.data import generate_data, task_options
 from retro_ray.zoo.recipes import TINY, ModelShape, get_recipe
 
 ENVS = ("lookup", "household", "shop")
@@ -107,6 +108,32 @@ def test_recipe_hash_is_stable_and_changes_with_any_field() -> None:
     assert get_recipe("default").digest() != TINY.digest()
     with pytest.raises(ValueError, match="unknown zoo recipe"):
         get_recipe("huge")
+
+
+def test_option_ranges_play_each_task_at_its_drawn_knobs() -> None:
+    """Demonstrations are played at knobs drawn per task from the recipe's values (here 5 or 7
+    shop items); a recipe without ranges keeps its cache key."""
+    assert "option_values" not in TINY.to_dict()
+    ranged = dataclasses.replace(
+        TINY, envs=("shop",), tasks_per_env=16, option_values=(("shop", (("n_items", (5, 7)),)),)
+    ).validate()
+    assert ranged.digest() != dataclasses.replace(ranged, option_values=()).digest()
+    ids = [f"t{i}" for i in range(16)]
+    drawn = task_options(ranged, "shop", ids)
+    assert drawn == task_options(ranged, "shop", ids)  # seeded
+    assert {d["n_items"] for d in drawn} == {5, 7}
+    assert task_options(ranged, "lookup", ids[:2]) == [{}, {}]  # no range: the defaults
+    listed = {
+        int(n) for s in generate_data(ranged).actor for n in re.findall(r"item (\d+)", s.text)
+    }
+    assert max(listed) == 7  # seventh items were seen: tasks were played at their drawn knobs
+    for bad, message in (
+        ((("shop", (("n_items", (99,)),)),), "n_items"),
+        ((("shop", (("colour", (2,)),)),), "colour"),
+        ((("lookup", (("hops", (1,)),)),), "not one of the recipe's envs"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(ranged, option_values=bad).validate()
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path) -> None:

@@ -49,7 +49,7 @@ def _cpu_scheduler_args(model_dir: str, max_model_len: int | None) -> dict[str, 
     return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(context, 2048)}
 
 
-def _on_gpu() -> bool:
+def gpu_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
@@ -113,7 +113,7 @@ class VLLMBackend:
     ) -> None:
         self.model_dir = str(model_dir)
         self.name = name or Path(self.model_dir).name
-        on_gpu = _on_gpu()
+        on_gpu = gpu_available()
         if not on_gpu:
             for key, value in cpu_engine_env(cpu_threads, kv_cache_gib).items():
                 os.environ.setdefault(key, value)

@@ -164,6 +164,15 @@ def trial_sequences(steps: Sequence[tuple[str, int, str, str]], env: str) -> lis
     return out
 
 
+def task_options(recipe: Recipe, env_name: str, task_ids: Sequence[str]) -> list[dict[str, int]]:
+    """The difficulty knobs each task is played at: one draw per option of
+    ``recipe.option_values`` for the family (empty dicts, the defaults, when it names none). The
+    draws have a stream of their own, so recipes without ranges get exactly the data they had."""
+    knobs = dict(recipe.option_values).get(env_name, ())
+    rng = random.Random(f"zoo|{recipe.seed}|{env_name}|options")
+    return [{option: rng.choice(values) for option, values in knobs} for _ in task_ids]
+
+
 async def _play_env(
     recipe: Recipe, env_name: str
 ) -> tuple[list[ActorSequence], list[ReflectionExample]]:
@@ -171,12 +180,14 @@ async def _play_env(
     probe = make_env(env_name)
     tasks = probe.tasks("train", recipe.tasks_per_env, seed=recipe.seed)  # type: ignore[attr-defined]
     rng = random.Random(f"zoo|{recipe.seed}|{env_name}")
-    by_regime: dict[str, list] = {}
-    for task in tasks:
-        by_regime.setdefault(weighted_choice(recipe.actor_regimes, rng), []).append(task)
+    options = task_options(recipe, env_name, [t.task_id for t in tasks])
+    groups: dict[tuple[str, tuple[tuple[str, int], ...]], list] = {}
+    for task, knobs in zip(tasks, options, strict=True):
+        regime = weighted_choice(recipe.actor_regimes, rng)
+        groups.setdefault((regime, tuple(sorted(knobs.items()))), []).append(task)
     sequences: list[ActorSequence] = []
     reflections: list[ReflectionExample] = []
-    for regime, regime_tasks in sorted(by_regime.items()):
+    for (regime, knobs), group_tasks in sorted(groups.items()):
         actor = RecordingActor(actor_cfg.instruction, actor_cfg.scratchpad_max_chars)
         reflector = (
             None
@@ -184,14 +195,14 @@ async def _play_env(
             else RecordingReflector(regime, recipe.reflection_mix, reflector_cfg)
         )
         loop = TrialLoop(
-            env_factory=lambda: make_env(env_name),
+            env_factory=lambda knobs=knobs: make_env(env_name, dict(knobs)),
             actor=actor,
             reflector=reflector,
             max_trials=1 if regime == "none" else recipe.max_trials,
             seed=recipe.seed,
         )
         # One task at a time keeps each trial's steps contiguous in the recording.
-        await loop.run_tasks(regime_tasks, concurrency=1)
+        await loop.run_tasks(group_tasks, concurrency=1)
         sequences += trial_sequences(actor.steps, env_name)
         if reflector is not None:
             reflections += reflector.examples

@@ -13,18 +13,13 @@ until ``--done`` appears, so the test can scrape the node's Prometheus endpoint.
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.ports import free_port  # the repository root is on the path now
 
 
 def collect(out: Path, base_url: str):
