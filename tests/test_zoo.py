@@ -232,31 +232,3 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
     assert set(checks[0]["success"]["lookup"]) == {"react", "trajectory-oracle"}
     assert any("falls short" in line for line in lines)
     assert any("WARNING" in line and "still falls short" in line for line in lines)
-
-
-def test_a_check_that_passes_undoes_the_round_trained_meanwhile(tmp_path) -> None:
-    """The next round trains while the check plays; when the check passes, that round is undone:
-    the models are byte for byte those of a build that does not check at all."""
-    from retro_ray.zoo.recipes import AbilityCheck
-
-    base = dataclasses.replace(
-        TINY,
-        name="tiny-pass",
-        tasks_per_env=12,
-        actor_sft=dataclasses.replace(TINY.actor_sft, steps=20),
-        retro_sft=dataclasses.replace(TINY.retro_sft, steps=10),
-    )
-    passing = dataclasses.replace(
-        base,
-        ability_check=AbilityCheck(
-            envs=("lookup",), tasks=4, min_oracle_gain=-1.0, extra_steps=100_000, max_rounds=1
-        ),
-    )
-    lines: list[str] = []
-    checked = build_zoo(passing, cache_dir=tmp_path / "checked", log=lines.append)
-    plain = build_zoo(base, cache_dir=tmp_path / "plain")
-    assert checked.manifest["models"]["actor"]["steps"] == 20
-    assert any("[zoo actor+1] stopped at step" in line for line in lines)
-    for name in ("actor", "retrospective"):
-        weights = [(b.root / name / "model.safetensors").read_bytes() for b in (checked, plain)]
-        assert weights[0] == weights[1], name

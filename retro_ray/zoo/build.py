@@ -166,9 +166,7 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
         save_model(model, tokenizer, out / name)  # the retrospective stage continues from here
         checks: list[dict[str, Any]] = []
         if name == "actor" and recipe.ability_check.envs:
-            checks = train_until_able(
-                model, tokenizer, kept, recipe, out / name, pad_id, log, threads
-            )
+            checks = train_until_able(model, tokenizer, kept, recipe, out / name, pad_id, log)
         reports[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(kept),
@@ -224,15 +222,6 @@ def check_ability(actor_dir: Path, recipe: Recipe, seed: int) -> dict[str, Any]:
     return {env: f["success"] for env, f in report["families"].items()}
 
 
-def _check_with_threads(actor_dir: Path, recipe: Recipe, seed: int, threads: int) -> dict:
-    """:func:`check_ability` in a worker process, at the build's own thread count (the checks
-    play greedy decoding, whose figures must not depend on where they ran)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    return check_ability(actor_dir, recipe, seed)
-
-
 def train_until_able(
     model: Any,
     tokenizer: Any,
@@ -241,72 +230,39 @@ def train_until_able(
     actor_dir: Path,
     pad_id: int,
     log: Log,
-    threads: int = 1,
 ) -> list[dict[str, Any]]:
     """Check the actor (:class:`~retro_ray.zoo.recipes.AbilityCheck`); while it falls short,
-    train it on and check again. Returns every check, each with the steps trained after it.
-
-    A check (greedy play of the saved actor, in a worker process) and the next round of training
-    (here) run at once, so the single-threaded build leaves no core idle: the round trains on while
-    the check plays, is kept when the check falls short and undone when it passes (training stops
-    there and the checked weights come back). The models are the ones that checking first and then
-    training would give: every round starts from the same weights with its own seed."""
-    import copy
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
+    train it on and check again. Returns every check, each with the steps trained after it."""
     from retro_ray.zoo.models import save_model
     from retro_ray.zoo.recipes import SFTSchedule
     from retro_ray.zoo.sft import train_sft
 
     check = recipe.ability_check
-
-    def outcome(success: dict[str, dict[str, float]]) -> tuple[bool, str]:
+    checks: list[dict[str, Any]] = []
+    for round_ in range(check.max_rounds + 1):
+        success = check_ability(actor_dir, recipe, recipe.seed + round_)
         gains = {e: s["trajectory-oracle"] - s["react"] for e, s in success.items()}
+        able = all(g >= check.min_oracle_gain for g in gains.values())
         summary = ", ".join(
             f"{e}: oracle {s['trajectory-oracle']:.2f} vs none {s['react']:.2f}"
             for e, s in success.items()
         )
-        return all(g >= check.min_oracle_gain for g in gains.values()), summary
-
-    checks: list[dict[str, Any]] = []
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-        for round_ in range(check.max_rounds + 1):
-            pending = pool.submit(
-                _check_with_threads, actor_dir, recipe, recipe.seed + round_, threads
+        entry = {"round": round_, "success": success, "able": able, "trained_steps": 0}
+        checks.append(entry)
+        if able:
+            log(f"[zoo check] the actor follows advice ({summary})")
+            return checks
+        if round_ == check.max_rounds:
+            log(
+                f"[zoo check] WARNING: the actor still falls short of an oracle gain of "
+                f"{check.min_oracle_gain} after {check.max_rounds} extra rounds ({summary}); "
+                "Retroformer has little room on this build"
             )
-            checked = None
-            if round_ < check.max_rounds:
-                checked = copy.deepcopy(model.state_dict())
-                schedule = SFTSchedule(steps=check.extra_steps, lr=check.lr, warmup_steps=10)
-                train_sft(
-                    model,
-                    examples,
-                    schedule,
-                    pad_id,
-                    recipe.seed + 100 + round_,
-                    f"actor+{round_ + 1}",
-                    log,
-                    stop=lambda pending=pending: pending.done() and outcome(pending.result())[0],
-                )
-            success = pending.result()
-            able, summary = outcome(success)
-            entry = {"round": round_, "success": success, "able": able, "trained_steps": 0}
-            checks.append(entry)
-            if able:
-                if checked is not None:
-                    model.load_state_dict(checked)  # the weights the check played
-                log(f"[zoo check] the actor follows advice ({summary})")
-                return checks
-            if round_ == check.max_rounds:
-                log(
-                    f"[zoo check] WARNING: the actor still falls short of an oracle gain of "
-                    f"{check.min_oracle_gain} after {check.max_rounds} extra rounds ({summary}); "
-                    "Retroformer has little room on this build"
-                )
-                return checks
-            log(f"[zoo check] the actor falls short ({summary}): {check.extra_steps} more steps")
-            save_model(model, tokenizer, actor_dir)
-            entry["trained_steps"] = check.extra_steps
+            return checks
+        log(f"[zoo check] the actor falls short ({summary}): {check.extra_steps} more steps")
+        schedule = SFTSchedule(steps=check.extra_steps, lr=check.lr, warmup_steps=10)
+        seed = recipe.seed + 100 + round_
+        train_sft(model, examples, schedule, pad_id, seed, f"actor+{round_ + 1}", log)
+        save_model(model, tokenizer, actor_dir)
+        entry["trained_steps"] = check.extra_steps
     return checks

@@ -124,11 +124,8 @@ def train_sft(
     label: str,
     log: Callable[[str], None] | None = None,
     log_every_s: float = 5.0,
-    stop: Callable[[], bool] | None = None,
 ) -> SFTReport:
-    """Train ``model`` in place; progress lines (step, loss, ETA) go to ``log`` (stderr).
-    ``stop``, asked before each step, ends the run early when it returns True (the report then
-    counts the steps taken)."""
+    """Train ``model`` in place; progress lines (step, loss, ETA) go to ``log`` (stderr)."""
     if not examples:
         raise ValueError(f"{label}: no training examples")
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -149,9 +146,6 @@ def train_sft(
     losses: list[float] = []
     start = last_log = time.monotonic()
     for step in range(schedule.steps):
-        if stop is not None and stop():
-            log(f"[zoo {label}] stopped at step {step}/{schedule.steps}")
-            break
         ids, mask, target = collate(next(stream), pad_id)
         loss = target_loss(model, ids, mask, target, schedule.context_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -173,7 +167,7 @@ def train_sft(
     head = losses[: max(1, len(losses) // 20)]
     tail = losses[-max(1, len(losses) // 10) :]
     return SFTReport(
-        steps=len(losses),
+        steps=schedule.steps,
         seconds=time.monotonic() - start,
         first_loss=sum(head) / len(head),
         final_loss=sum(tail) / len(tail),
