@@ -29,17 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
 from collections.abc import Sequence
 from typing import Any
-
-import aiohttp
-import httpx2
-import openai
-from openai import AsyncOpenAI
 
 from retro_ray.config import EndpointConfig
 from retro_ray.config.secrets import read_secret
@@ -51,6 +45,12 @@ from retro_ray.llm.base import (
     SamplingParams,
     UsageTotals,
 )
+from retro_ray.llm.http_transport import (
+    RETRYABLE_STATUS,
+    DirectTransport,
+    HTTPFailure,
+    SDKTransport,
+)
 from retro_ray.safe_text import sanitize_text
 
 logger = logging.getLogger(__name__)
@@ -61,9 +61,6 @@ SDK refuses to start without one."""
 
 MAX_BACKOFF_S = 30.0
 """Upper bound of one backoff delay, whatever the attempt number or a Retry-After header say."""
-
-_RETRYABLE_STATUS = frozenset({408, 409, 429})
-"""4xx statuses worth retrying (timeout, conflict, rate limit); every 5xx is retried too."""
 
 _SETUP_STATUS = frozenset({401, 403, 404})
 """4xx statuses about the endpoint's setup (key, permission, model name), not the request: every
@@ -77,37 +74,8 @@ prompt): the client raises ``EndpointError`` and the run stops instead of failin
 Prompt = str | list[ChatMessage]
 """A flat prompt, or a conversation for the chat API."""
 
-KEEPALIVE_S = 60.0
-"""How long an idle connection to the endpoint is kept open for the next request."""
-
 REASON_CHARS = 160
 """How much of a provider's error message an error or log line quotes."""
-
-
-class HTTPFailure(Exception):
-    """A request that got no usable answer, whatever the transport: an HTTP error status with the
-    provider's error object and any Retry-After, no answer at all (``status`` None: a timeout or a
-    connection error), or a body that is not an OpenAI response (``malformed``)."""
-
-    def __init__(
-        self,
-        status: int | None,
-        *,
-        error: dict[str, Any] | None = None,
-        retry_after: str | None = None,
-        reason: str = "",
-        timeout: bool = False,
-        malformed: bool = False,
-    ) -> None:
-        super().__init__(status)
-        self.status, self.error, self.retry_after = status, error, retry_after
-        self.reason, self.timeout, self.malformed = reason, timeout, malformed
-
-    @property
-    def retryable(self) -> bool:
-        if self.malformed:
-            return False
-        return self.status is None or self.status >= 500 or self.status in _RETRYABLE_STATUS
 
 
 class OpenAIClient:
@@ -346,110 +314,6 @@ class OpenAIClient:
         return text
 
 
-class DirectTransport:
-    """POSTs JSON bodies to the endpoint on one ``aiohttp`` session: keep-alive connections up to
-    ``max_concurrency``, the key in an ``Authorization`` header, proxies from the environment (as
-    the SDK's clients take them)."""
-
-    def __init__(self, config: EndpointConfig, api_key: str) -> None:
-        self.base_url = config.base_url.rstrip("/")
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=config.max_concurrency, keepalive_timeout=KEEPALIVE_S
-            ),
-            timeout=aiohttp.ClientTimeout(total=config.timeout_s),
-            headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            trust_env=True,
-        )
-
-    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        try:
-            async with self.session.post(self.base_url + path, data=data, headers=headers) as r:
-                content = await r.read()
-                status, reason, retry_after = r.status, r.reason or "", r.headers.get("retry-after")
-        except TimeoutError:  # aiohttp's timeouts are TimeoutErrors (some also ClientErrors)
-            raise HTTPFailure(None, timeout=True) from None
-        except aiohttp.ClientError:
-            raise HTTPFailure(None) from None
-        if status >= 400:
-            raise HTTPFailure(
-                status, error=_error_object(content), retry_after=retry_after, reason=reason
-            )
-        return _json_object(content)
-
-    async def aclose(self) -> None:
-        await self.session.close()
-
-
-class SDKTransport:
-    """POSTs JSON bodies through the official SDK's ``AsyncOpenAI.post`` (its own retries off) on
-    the SDK's HTTP client for ``config.http_transport``, pooling as many keep-alive connections as
-    requests may be in flight (the SDK's default pool keeps 100 alive of 1000: above 100 in
-    flight, every extra request opened and closed a connection of its own)."""
-
-    def __init__(self, config: EndpointConfig, api_key: str) -> None:
-        limits = httpx2.Limits(
-            max_connections=config.max_concurrency,
-            max_keepalive_connections=config.max_concurrency,
-            keepalive_expiry=KEEPALIVE_S,
-        )
-        http_client = (
-            openai.DefaultAioHttpClient(timeout=config.timeout_s, limits=limits)
-            if config.http_transport == "aiohttp"
-            else openai.DefaultAsyncHttpxClient(timeout=config.timeout_s, limits=limits)
-        )
-        self.client = AsyncOpenAI(
-            api_key=api_key,
-            base_url=config.base_url,
-            timeout=config.timeout_s,
-            max_retries=0,  # our own loop retries, logs and counts
-            http_client=http_client,
-        )
-
-    async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self.client.post(path, body=body, cast_to=httpx2.Response)
-        except openai.APIStatusError as exc:
-            raise HTTPFailure(
-                exc.status_code,
-                error=exc.body if isinstance(exc.body, dict) else None,
-                retry_after=exc.response.headers.get("retry-after"),
-                reason=exc.response.reason_phrase,
-            ) from None
-        except openai.APITimeoutError:
-            raise HTTPFailure(None, timeout=True) from None
-        except openai.APIConnectionError:
-            raise HTTPFailure(None) from None
-        return _json_object(response.content)
-
-    async def aclose(self) -> None:
-        await self.client.close()
-
-
-def _json_object(content: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(content)
-    except ValueError:
-        value = None
-    if not isinstance(value, dict):
-        raise HTTPFailure(200, reason="a body that is not a JSON object", malformed=True)
-    return value
-
-
-def _error_object(content: bytes) -> dict[str, Any] | None:
-    """The provider's error object (``{"error": {...}}``, as the SDK reads it), if any."""
-    try:
-        value = json.loads(content)
-    except ValueError:
-        return None
-    if isinstance(value, dict):
-        error = value.get("error", value)
-        return error if isinstance(error, dict) else None
-    return None
-
-
 def _completion_text(choice: dict[str, Any]) -> tuple[str, list[float] | None]:
     logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
     # The first token of an echoed prompt has a null log-prob; we never echo.
@@ -468,7 +332,7 @@ def _rejects_the_request(status: int | None) -> bool:
     return (
         status is not None
         and 400 <= status < 500
-        and status not in _RETRYABLE_STATUS
+        and status not in RETRYABLE_STATUS
         and status not in _SETUP_STATUS
     )
 
