@@ -217,7 +217,10 @@ def test_a_rejected_reflection_request_ends_the_training_episode(tmp_path: Path)
         runner = EpisodeRunner(cfg, "train", "run", log, reflector_client=client)
 
         async def run_all() -> None:
-            await asyncio.gather(*(runner.run(EpisodeSpec(t, 0)) for t in tasks))
+            try:
+                await asyncio.gather(*(runner.run(EpisodeSpec(t, 0)) for t in tasks))
+            finally:
+                await client.aclose()  # the runner closes only the clients it made
 
         asyncio.run(run_all())
     frame = log.read("run", 0).to_pandas()
