@@ -80,7 +80,7 @@ class ReplayServer:
         if method == "GET" and path == "/v1/models":
             return 200, {"object": "list", "data": [{"id": "actor", "object": "model"}]}
         if method == "GET" and path == "/stats":
-            stats = ("hits", "misses", "max_in_flight")
+            stats = ("hits", "misses", "in_flight", "max_in_flight")
             return 200, {name: getattr(self, name) for name in stats}
         if method != "POST" or path != "/v1/completions":
             return 404, {"error": {"message": f"no route {method} {path}", "code": 404}}

@@ -249,6 +249,20 @@ def test_port_nothing_listens_on():
     assert url in str(info.value)
 
 
+def test_a_proxy_named_by_the_environment_is_used_unless_no_proxy(server, monkeypatch):
+    """HTTP_PROXY is honoured (here a port nothing listens on, so the request cannot arrive) and
+    NO_PROXY exempts a host, as the SDK's clients do; the transport reads both when it is made."""
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    with pytest.raises(EndpointError):
+        run_generate(OpenAIClient(make_config(server, max_retries=0)), ["x"], SamplingParams())
+    assert server.requests == []
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    out = run_generate(OpenAIClient(make_config(server, max_retries=0)), ["x"], SamplingParams())
+    assert out[0].text and len(server.requests) == 1
+
+
 def test_persistent_500_gives_up(server):
     server.fail_next(10, status=503, message="overloaded")
     client = OpenAIClient(make_config(server, max_retries=2))

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import httpx2
+import yarl
 import openai
 from openai import AsyncOpenAI
 
@@ -57,18 +58,22 @@ class HTTPFailure(Exception):
 
 class DirectTransport:
     """POSTs JSON bodies to the endpoint on one ``aiohttp`` session: keep-alive connections up to
-    ``max_concurrency``, the key in an ``Authorization`` header, proxies from the environment (as
-    the SDK's clients take them)."""
+    ``max_concurrency``, the key in an ``Authorization`` header, a proxy from the environment (as
+    the SDK's clients take one), read once here: a session that trusts the environment reads it
+    and ``~/.netrc`` again for every request, on the event loop's thread pool, where a burst of
+    requests queued behind each other and behind the experience log's writes."""
 
     def __init__(self, config: EndpointConfig, api_key: str) -> None:
         self.base_url = config.base_url.rstrip("/")
+        proxy, proxy_auth = env_proxy(self.base_url)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(
                 limit=config.max_concurrency, keepalive_timeout=KEEPALIVE_S
             ),
             timeout=aiohttp.ClientTimeout(total=config.timeout_s),
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},
-            trust_env=True,
+            proxy=proxy,
+            proxy_auth=proxy_auth,
         )
 
     async def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -90,6 +95,15 @@ class DirectTransport:
 
     async def aclose(self) -> None:
         await self.session.close()
+
+
+def env_proxy(url: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy (and its credentials) that ``HTTP(S)_PROXY``/``NO_PROXY`` name for ``url``, as
+    aiohttp's ``trust_env`` would pick it; ``(None, None)`` when there is none."""
+    try:
+        return aiohttp.helpers.get_env_proxy_for_url(yarl.URL(url))
+    except LookupError:
+        return None, None
 
 
 class SDKTransport:

@@ -245,7 +245,9 @@ class ExperienceLog:
         table = to_table(rows).replace_schema_metadata(metadata)
         try:
             with tmp.open("wb") as f:
-                pq.write_table(table, f)
+                # a few rows per file: column statistics and dictionaries cost more than they
+                # save (0.65 -> 0.51 ms per episode written, 16.9 -> 7.2 KB per file)
+                pq.write_table(table, f, write_statistics=False, use_dictionary=False)
                 f.flush()
                 os.fsync(f.fileno())  # the data is on disk before the name points at it
             with self._iteration_lock(run_id, iteration, exclusive=False):
