@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 import httpx2
-import yarl
 import openai
+import yarl
 from openai import AsyncOpenAI
 
 from retro_ray.config import EndpointConfig
