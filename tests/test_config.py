@@ -50,6 +50,7 @@ def test_config_is_frozen() -> None:
         ("trials.max_trail=3", ["trials.max_trail", "max_trials"]),  # typo: lists allowed keys
         ("trials.max_trials=0", ["trials.max_trials", "0", "> 0"]),
         ("trials.max_trials=three", ["trials.max_trials", "three", "integer"]),
+        ("learner.torch_threads=-1", ["learner.torch_threads", "-1", ">= 0"]),
         ("reflector.kind=wise", ["reflector.kind", "wise", "trajectory_oracle"]),
         ("actor.endpoint.base_url=localhost:8000", ["actor.endpoint.base_url", "http://"]),
         ("env.name=atari", ["env.name", "atari", "lookup"]),

@@ -105,7 +105,7 @@ def assert_same_weights(got: dict, want: dict, atol: float) -> None:
 
 
 def test_two_workers_make_the_single_worker_update(ray_cluster, model_dir, tmp_path) -> None:
-    config = learner_config()
+    config = learner_config(torch_threads=2)  # more threads than the CPU reserved: as asked
     batches = [random_batch(seed) for seed in range(2)]
     want = reference_weights(model_dir, config, batches)
     registry = RegistryTarget(str(tmp_path / "registry"), max_lora_rank=8)
@@ -125,6 +125,7 @@ def test_two_workers_make_the_single_worker_update(ray_cluster, model_dir, tmp_p
     assert reg.state().aliases["train"] == max(reg.versions())
     assert read_state(final).cursor == 2
     assert [m["world_size"] for m in metrics] == [2.0, 2.0]
+    assert [m["torch_threads"] for m in metrics] == [2.0, 2.0]
     assert metrics[0]["tokens"] == float(batches[0].num_loss_tokens)  # the global normaliser
 
 

@@ -81,6 +81,10 @@ class LearnerConfig:
     """One GPU per worker, NCCL and bf16 autocast; otherwise gloo on CPU in float32."""
     cpus_per_worker: float = 1.0
     """Logical CPUs each learner worker reserves (fractional on small machines)."""
+    torch_threads: int = 0
+    """Threads of each CPU worker's torch ops; 0: one per whole CPU reserved (Ray's
+    ``OMP_NUM_THREADS``). More than reserved pays when nothing else runs during an update: with
+    ``train.overlap`` false the rollouts wait for the learner (``configs/train.yaml``)."""
     max_staleness: int = 1
     """Batches collection may run ahead of the learner: data is at most this many adapter
     versions behind the weights it trains (recorded per batch as ``staleness``)."""
@@ -98,6 +102,7 @@ class LearnerConfig:
         positive(self.epochs_per_batch, f"{key}.epochs_per_batch")
         positive(self.num_workers, f"{key}.num_workers")
         positive(self.cpus_per_worker, f"{key}.cpus_per_worker")
+        require(self.torch_threads >= 0, f"{key}.torch_threads", self.torch_threads, ">= 0")
         require(self.max_staleness >= 0, f"{key}.max_staleness", self.max_staleness, ">= 0")
         positive(self.checkpoint_every, f"{key}.checkpoint_every")
         require(self.max_failures >= 0, f"{key}.max_failures", self.max_failures, ">= 0")

@@ -185,7 +185,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        threads = job.config.torch_threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
+        torch.set_num_threads(threads)
     policy = ReflectorPolicy(job.base_dir, job.config, seed=job.seed)
     policy.model.to(device)
     sync = TorchDistSync(device) if world > 1 else None
@@ -218,6 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if cursor % REPORT_EVERY == 0:
             ray.train.report(metrics)
         metrics.update(  # where a batch's wall time goes, besides the update itself
+            torch_threads=float(torch.get_num_threads()),
             fetch_s=fetched - waited,
             commit_s=reported - committed,
             report_s=time.monotonic() - reported,
