@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
+
+from tests.support.ports import free_port  # a port nothing else grabs before Serve binds it
 
 TOKEN_ENV = "RETRO_RAY_SERVE_TOKEN"
 
@@ -59,12 +60,6 @@ def random_adapter(model_dir: Path, out: Path, seed: int, rank: int = 8) -> Path
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.1)
     model.save_pretrained(out, safe_serialization=True)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def user_config_deployment(replicas: int, cpus: float) -> Any:
