@@ -110,6 +110,20 @@ def test_recipe_hash_is_stable_and_changes_with_any_field() -> None:
         get_recipe("huge")
 
 
+def test_every_recipe_can_be_named_in_a_config() -> None:
+    """``serve.zoo_recipe`` and ``rl.zoo_recipe`` accept exactly the zoo's recipes."""
+    import typing
+
+    from retro_ray.config.serving import ZooRecipeName
+    from retro_ray.run_config import load_run_config
+    from retro_ray.zoo.recipes import RECIPES
+
+    assert set(typing.get_args(ZooRecipeName)) == set(RECIPES)
+    for name in RECIPES:
+        cfg = load_run_config(None, [f"serve.zoo_recipe={name}", f"rl.zoo_recipe={name}"])
+        assert (cfg.serve.zoo_recipe, cfg.rl.zoo_recipe) == (name, name)
+
+
 def test_option_ranges_play_each_task_at_its_drawn_knobs() -> None:
     """Demonstrations are played at knobs drawn per task from the recipe's values (here 5 or 7
     shop items); a recipe without ranges keeps its cache key."""

@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from retro_ray.config.checks import in_range, positive, require
+from retro_ray.config.serving import ZooRecipeName
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class RLConfig:
     """Evaluation seeds (the policy samples its actions; each seed draws them anew)."""
     train_tasks: int = 1000
     """Train-split tasks the env runners draw from (uniformly, by the episode's seed)."""
-    zoo_recipe: Literal["default", "families", "tiny"] = "default"
+    zoo_recipe: ZooRecipeName = "default"
     """The zoo build whose tokenizer turns observations into ids (built if missing)."""
     tokenizer: str | None = None
     """A model directory or tokenizer.json to use instead of the zoo's."""

