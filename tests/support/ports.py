@@ -26,7 +26,7 @@ def free_port() -> int:
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free ports: every socket stays bound until all are picked, so no port
     is handed out twice (Ray refuses a port given to two components)."""
-    low, high = quiet_range()
+    span = quiet_range()
     draw = random.SystemRandom()
     with contextlib.ExitStack() as stack:
         ports: list[int] = []
@@ -35,21 +35,21 @@ def free_ports(count: int) -> list[int]:
                 break
             sock = stack.enter_context(socket.socket())
             try:
-                sock.bind(("127.0.0.1", draw.randint(low, high) if high > low else 0))
+                sock.bind(("127.0.0.1", draw.randint(*span) if span else 0))
             except OSError:  # taken (or in TIME_WAIT): draw again
                 continue
             ports.append(sock.getsockname()[1])
         if len(ports) < count:
-            raise RuntimeError(f"found {len(ports)} of {count} free ports in {low}-{high}")
+            raise RuntimeError(f"found {len(ports)} of {count} free ports in {span}")
         return ports
 
 
-def quiet_range() -> tuple[int, int]:
-    """Ports above Ray's workers' and below the kernel's ephemeral range ((0, 0): let the kernel
-    pick, where the ephemeral range leaves no such gap)."""
+def quiet_range() -> tuple[int, int] | None:
+    """Ports above Ray's workers' and below the kernel's ephemeral range (None where the
+    ephemeral range leaves no such gap: the kernel picks then)."""
     try:
         ephemeral_low = int(EPHEMERAL_RANGE.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768  # Linux's default
     low, high = RAY_WORKER_PORTS_END + 1, ephemeral_low - 1
-    return (low, high) if high - low >= 1000 else (0, 0)
+    return (low, high) if high - low >= 1000 else None
