@@ -16,7 +16,13 @@ def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
     build = actions.add_parser("build", help="build and cache the tokenizer and tiny models")
     build.add_argument("--recipe", default="default", choices=sorted(RECIPES))
     build.add_argument("--cache-dir", default=None, help="default: $RETRO_RAY_CACHE/zoo")
-    build.add_argument("--threads", type=int, default=1, help="torch threads (1: see zoo.build)")
+    build.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: 2 on a machine with 2 or more cores; 1 where other work "
+        "runs beside the build: see zoo.build.default_threads)",
+    )
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.set_defaults(handler=_zoo_build)
     ev = actions.add_parser("eval", help="the actor's success with each kind of reflection")
@@ -25,7 +31,7 @@ def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--tasks", type=int, default=50, help="test tasks per environment")
     ev.add_argument("--trials", type=int, default=3)
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--threads", type=int, default=1, help="torch threads")
+    ev.add_argument("--threads", type=int, default=1, help="torch threads of the evaluation")
     ev.add_argument(
         "--option",
         action="append",
@@ -87,7 +93,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
     if args.tasks < 1 or args.trials < 1:
         raise ValueError("--tasks and --trials must be >= 1")
     options = family_options(args.option)
-    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    built = build_zoo(args.recipe, cache_dir=args.cache_dir)  # built with its default threads
     report = evaluate_zoo(
         built.actor_dir,
         built.retrospective_dir,

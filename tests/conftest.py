@@ -44,7 +44,8 @@ def zoo_tiny(tmp_path_factory: pytest.TempPathFactory):
     Returns a ``retro_ray.zoo.build.ZooBuild`` (``actor_dir``, ``retrospective_dir``, ``manifest``)."""
     from retro_ray.zoo.build import build_zoo
 
-    return build_zoo("tiny", cache_dir=tmp_path_factory.mktemp("zoo_cache"))
+    # one thread: the session's Ray cluster and engines may run beside it (zoo.build.default_threads)
+    return build_zoo("tiny", cache_dir=tmp_path_factory.mktemp("zoo_cache"), threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -38,15 +38,22 @@ def test_tiny_build_layout_and_manifest(zoo_tiny) -> None:
     manifest = json.loads((zoo_tiny.root / "manifest.json").read_text())
     assert manifest["hash"] == TINY.digest() and manifest["recipe"]["name"] == "tiny"
     assert set(manifest["timings_s"]) >= {"data", "tokenizer", "sft_actor", "sft_retrospective"}
+    assert manifest["threads"] == 1  # as the fixture asked; a cache hit with other threads reuses it
     assert not list(zoo_tiny.root.parent.glob(".*building*"))  # the staging dir was renamed
 
 
 def test_second_build_is_a_cache_hit(zoo_tiny) -> None:
     files = {p: p.stat().st_mtime_ns for p in zoo_tiny.root.rglob("*") if p.is_file()}
-    again = build_zoo("tiny", cache_dir=zoo_tiny.root.parent, log=lambda _: None)
+    again = build_zoo("tiny", cache_dir=zoo_tiny.root.parent, log=lambda _: None, threads=2)
     assert again.cache_hit and again.root == zoo_tiny.root
     assert {p: p.stat().st_mtime_ns for p in zoo_tiny.root.rglob("*") if p.is_file()} == files
     assert again.manifest == zoo_tiny.manifest
+
+
+def test_bad_thread_count_is_refused_before_any_work(tmp_path) -> None:
+    with pytest.raises(ValueError, match="threads: bad value 0"):
+        build_zoo("tiny", cache_dir=tmp_path, threads=0)
+    assert not list(tmp_path.iterdir())
 
 
 def test_cli_build_reports_the_cache_hit(zoo_tiny, capsys) -> None:
@@ -237,7 +244,7 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
         ),
     )
     lines: list[str] = []
-    built = build_zoo(recipe, cache_dir=tmp_path, log=lines.append)
+    built = build_zoo(recipe, cache_dir=tmp_path, log=lines.append, threads=1)
     actor = built.manifest["models"]["actor"]
     checks = actor["ability_checks"]
     assert [c["round"] for c in checks] == [0, 1] and not any(c["able"] for c in checks)
