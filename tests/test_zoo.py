@@ -245,8 +245,14 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
             envs=("lookup",), tasks=4, min_oracle_gain=2.0, extra_steps=5, max_rounds=1
         ),
     )
+    import torch
+
     lines: list[str] = []
-    built = build_zoo(recipe, cache_dir=tmp_path, log=lines.append, threads=1)
+    callers_threads = torch.get_num_threads()
+    threads = 1 if callers_threads > 1 else 2
+    built = build_zoo(recipe, cache_dir=tmp_path, log=lines.append, threads=threads)
+    assert built.manifest["threads"] == threads
+    assert torch.get_num_threads() == callers_threads  # the build gives the caller its own back
     actor = built.manifest["models"]["actor"]
     checks = actor["ability_checks"]
     assert [c["round"] for c in checks] == [0, 1] and not any(c["able"] for c in checks)

@@ -36,7 +36,11 @@ from retro_ray.driver.loop import (  # noqa: F401  (earlier_records: the resume 
 )
 from retro_ray.driver.resume import record_config
 from retro_ray.envs.registry import make_env_from_config
-from retro_ray.ray_cluster import cluster_cpus, connect_ray  # noqa: F401  (re-exported)
+from retro_ray.ray_cluster import (  # noqa: F401  (connect_ray re-exported)
+    cluster_cpus,
+    connect_ray,
+    one_torch_thread,
+)
 from retro_ray.registry import PROD_ALIAS, TRAIN_ALIAS, AdapterRegistry
 
 
@@ -225,6 +229,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
     cfg = prepare_run(cfg)
     run_dir = cfg.run_dir.resolve()
     connect_ray()
+    one_torch_thread()
     tasks = train_tasks(cfg)
     log(f"serving the retrospective model ({cfg.serve.backend} backend)")
     app = launch.start(cfg)

@@ -118,17 +118,16 @@ def evaluate_zoo(
     options: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
     """Load both models into local torch backends and run :func:`evaluate_reflections`."""
-    import torch
-
     from retro_ray.llm.torch_backend import TorchBackend
+    from retro_ray.zoo.models import torch_threads
 
-    torch.set_num_threads(threads)
-    actor = TorchBackend(actor_dir, max_batch_size=64, name="actor")
-    retro = TorchBackend(retrospective_dir, max_batch_size=64, name="retrospective")
-    identities = {"actor": model_identity(actor_dir), BASE: model_identity(retrospective_dir)}
-    return evaluate_reflections(
-        actor, retro, out_dir, tasks, trials, seed=seed, identities=identities, options=options
-    )
+    with torch_threads(threads):
+        actor = TorchBackend(actor_dir, max_batch_size=64, name="actor")
+        retro = TorchBackend(retrospective_dir, max_batch_size=64, name="retrospective")
+        identities = {"actor": model_identity(actor_dir), BASE: model_identity(retrospective_dir)}
+        return evaluate_reflections(
+            actor, retro, out_dir, tasks, trials, seed=seed, identities=identities, options=options
+        )
 
 
 def best_base(family: dict[str, Any]) -> float:

@@ -91,9 +91,11 @@ def build_zoo(
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{recipe.key}.building-"))
     try:
         log(f"[zoo] building {recipe.key} into {final}")
-        (staging / MANIFEST).write_text(
-            json.dumps(_build_into(staging, recipe, log, threads), indent=2)
-        )
+        from retro_ray.zoo.models import torch_threads
+
+        with torch_threads(threads):
+            built = _build_into(staging, recipe, log, threads)
+        (staging / MANIFEST).write_text(json.dumps(built, indent=2))
         manifest = json.loads((staging / MANIFEST).read_text())  # as a cache hit will read it
         try:
             staging.rename(final)
@@ -127,13 +129,10 @@ def reflection_span(example: ReflectionExample) -> tuple[str, list[tuple[int, in
 
 
 def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, Any]:
-    import torch
-
     from retro_ray.zoo.data import generate_data, train_prompt_tokenizer
     from retro_ray.zoo.models import init_llama, save_model, special_token_ids
     from retro_ray.zoo.sft import encode_spans, train_sft
 
-    torch.set_num_threads(threads)
     timings: dict[str, float] = {}
     began = time.monotonic()
 

@@ -10,7 +10,8 @@ transformers' fallback ids once ended generation silently at an ordinary token.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -20,6 +21,19 @@ from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTra
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<pad>", "<bos>", "<eos>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)  # ids 0, 1, 2 in this order
 MIN_HEAD_DIM = 64  # vLLM's CPU attention rejects smaller heads ("Unsupported CPU attention ...")
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, then give the caller back its own:
+    a build or an evaluation inside a longer process (a driver, the tests) must not leave its
+    thread count behind for the work that follows."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
