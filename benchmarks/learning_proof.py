@@ -28,8 +28,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from retro_ray.agents.build import build_trial_loop
 from retro_ray.aio import gather_all
 from retro_ray.config import Config
@@ -41,6 +39,7 @@ from retro_ray.reflection.groups import FailedTrial
 from retro_ray.registry import TRAIN_ALIAS
 from retro_ray.rollout.branching import GroupRunner
 from retro_ray.run_config import load_run_config
+from retro_ray.zoo.models import torch_threads
 
 ENVS = ("lookup", "household", "shop")
 DEFAULT_ENV = "lookup"
@@ -133,8 +132,14 @@ async def oracle_rewards(runner: GroupRunner, failed: list[FailedTrial]) -> list
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The proof with ``args.threads`` torch threads; the caller's own count is restored after
+    (the tests run it in their process, whose later tests want one thread beside Ray)."""
+    with torch_threads(args.threads):
+        return await _run(args)
+
+
+async def _run(args: argparse.Namespace) -> dict[str, Any]:
     start = time.monotonic()
-    torch.set_num_threads(args.threads)
     # In a thread: a zoo build runs its own event loop (asyncio.run), and blocks for minutes.
     actor_dir, retro_dir = await asyncio.to_thread(resolve_models, args)
     cfg = proof_config(args, actor_dir, retro_dir)

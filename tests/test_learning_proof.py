@@ -33,8 +33,13 @@ def test_policy_gradient_raises_held_out_reflection_reward() -> None:
         seed=0,
         set=[],
     )
+    import torch
+
+    callers_threads = torch.get_num_threads()
     result = asyncio.run(run(args))
     print(result)
+    # Its two threads end with it: the tests after it run beside Ray on the suite's one.
+    assert torch.get_num_threads() == callers_threads
     assert result["gain_ci95_low"] > 0.0
     assert result["mean_reward_trained"] >= result["mean_reward_base"] + 0.1
     assert result["gap_closed"] is not None and result["gap_closed"] > 0.3
