@@ -4,8 +4,9 @@
 # fast-downward from source (about 1.5 to 3 minutes, once); `make EXTRAS=cpu,dev` skips it.
 # `make demo` installs the cpu extra only, unless everything is installed already, and without
 # byte-compiling (48 s instead of 88 s on a clean install here): the packages are compiled in the
-# background, niced, beside the zoo build (its two torch threads lose about a tenth of their speed
-# for the compile's 45 s), before training needs them.
+# background, niced, beside the zoo build. With the build's two torch threads busy it gets little
+# CPU: in a clean-clone demo here it ended a minute into training. Niced, it costs the build
+# little (actor steps 8.2 per second beside a niced busy process, 8.5 alone).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
