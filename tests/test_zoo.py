@@ -38,9 +38,8 @@ def test_tiny_build_layout_and_manifest(zoo_tiny) -> None:
     manifest = json.loads((zoo_tiny.root / "manifest.json").read_text())
     assert manifest["hash"] == TINY.digest() and manifest["recipe"]["name"] == "tiny"
     assert set(manifest["timings_s"]) >= {"data", "tokenizer", "sft_actor", "sft_retrospective"}
-    assert (
-        manifest["threads"] == 1
-    )  # as the fixture asked; a cache hit with other threads reuses it
+    # As the fixture asked (a cache hit with other threads reuses the build).
+    assert manifest["threads"] == 1
     assert not list(zoo_tiny.root.parent.glob(".*building*"))  # the staging dir was renamed
 
 
