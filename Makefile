@@ -6,7 +6,9 @@
 # byte-compiling (48 s instead of 88 s on a clean install here): the packages are compiled in the
 # background, niced, beside the zoo build. With the build's two torch threads busy it gets little
 # CPU: in a clean-clone demo here it ended a minute into training. Niced, it costs the build
-# little (actor steps 8.2 per second beside a niced busy process, 8.5 alone).
+# little (actor steps 8.2 per second beside a niced busy process, 8.5 alone). Niceness 19, not
+# nice's default 10: Ray starts its workers (rollouts, the learner, vLLM) at niceness 15, and the
+# compile must not take the CPU from them when it runs on into training.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -29,7 +31,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 demo:
 	@[ -e $(STAMP) ] || $(MAKE) --no-print-directory install EXTRAS=cpu BYTECODE_FLAG=--no-compile
-	nice $(BIN)/python -m compileall -q $(VENV)/lib > $(VENV)/compileall.log 2>&1 & \
+	nice -n 19 $(BIN)/python -m compileall -q $(VENV)/lib > $(VENV)/compileall.log 2>&1 & \
 	$(BIN)/retro-ray demo
 
 # The extras just installed must import: their tests fail instead of skipping
