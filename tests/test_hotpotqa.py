@@ -7,22 +7,30 @@ small hand-written files for the official layout and the malformed cases.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
+from retro_ray.agents.actors import ScriptedActor
+from retro_ray.agents.reflectors import Reflection, TrajectoryOracleReflector
+from retro_ray.agents.results import summarize
+from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.cli import EXIT_CONFIG, main
 from retro_ray.envs.base import Task, split_of
-from retro_ray.envs.benchmarks.hotpotqa import (
-    HotpotQAEnv,
-    HotpotQAOptions,
-    answer_f1,
-    match_title,
-    normalize_answer,
-)
+from retro_ray.envs.benchmarks.hotpotqa import HotpotQAEnv, HotpotQAOptions, answer_f1, match_title
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQADataError, default_data_path
+from retro_ray.envs.benchmarks.hotpotqa_reading import (
+    Advice,
+    capitalised_spans,
+    normalize_answer,
+    read_advice,
+    read_question,
+)
+from retro_ray.envs.builtin.common import bracket_action
 from retro_ray.envs.registry import make_env
 from tests.support.episodes import play
 from tests.support.shared_data import HOTPOTQA as DATA
@@ -267,3 +275,197 @@ def test_trajectory_oracle_uses_only_what_the_trial_showed(env: HotpotQAEnv) -> 
 def test_ground_truth_names_the_answer_and_the_supporting_pages(env: HotpotQAEnv) -> None:
     text = env.ground_truth_reflection(env.tasks("test", 1)[0])
     assert '"The Oslo"' in text and "Green Hills and Ann Lee" in text
+
+
+# ---- the scripted actor and the misleading reflector ----------------------------------------------
+
+needs_ircot = pytest.mark.skipif(not IRCOT.exists(), reason=f"{IRCOT} is not there")
+
+
+class FirstChoice(random.Random):
+    """Ties go to the first option, as in the zoo's demonstrations."""
+
+    def choice(self, seq):
+        return seq[0]
+
+
+def scripted_trial(env: HotpotQAEnv, task: Task, reflections=(), seed: str = "0", trial: int = 0):
+    """One trial of the scripted actor, its tie-breaks seeded per step as the trial loop does."""
+
+    def actions():
+        while True:
+            yield env.scripted_action(reflections, random.Random(f"{seed}|{len(env.log)}"))
+
+    return play(env, task, actions(), trial)
+
+
+def finish_of(trajectory) -> str | None:
+    last = trajectory.steps[-1].action
+    return last[len("Finish[") : -1] if last.startswith("Finish[") else None
+
+
+@pytest.fixture(scope="module")
+def ircot() -> HotpotQAEnv:
+    if not IRCOT.exists():
+        pytest.skip(f"{IRCOT} is not there")
+    return make_env("hotpotqa", data_path=str(IRCOT))
+
+
+def test_reading_questions_and_advice() -> None:
+    choice = read_question("Which chain is further north, Pizza Inn or Papa Gino's?")
+    assert choice.kind == "choice" and choice.options == ("Pizza Inn", "Papa Gino's")
+    which_of = read_question("Which of Jonny Craig and Pete Doherty has been in more bands ?")
+    assert which_of.options == ("Jonny Craig", "Pete Doherty")
+    spelled = read_question("Which band, Letters to Cleo or Screaming Trees, had more members?")
+    assert spelled.options == ("Letters to Cleo", "Screaming Trees")
+    both = read_question("Are both Coldplay and Pierre Bouvier from the same country?")
+    assert both.kind == "yes_no"
+    bridge = read_question(
+        "Jaclyn Stapp is married to the singer of a band that split in what year?"
+    )
+    assert bridge.kind == "year" and bridge.entities[0] == "Jaclyn Stapp" and not bridge.options
+    quoted = read_question('Who wrote the book that inspired the name of the CD "Arthur Rex"?')
+    assert quoted.entities[0] == "Arthur Rex"
+    spans = capitalised_spans("He studied at the University of the West Indies. The band")
+    assert spans == [(18, "University of the West Indies")]
+    advice = read_advice(
+        [
+            'I answered "Rome", which was wrong. Pages I saw named but never opened: '
+            "Ann Lee | Brown County, Kansas; search them.",
+            'I answered "St. Louis", which was wrong. Earlier wrong answers: Rome | Paris. '
+            "I read Ann Lee.",
+        ]
+    )
+    assert advice.ruled_out == {"rome", "st louis", "paris"} and advice.answer is None
+    assert advice.pages == ("Ann Lee", "Brown County, Kansas")  # titles keep their commas
+    stated = 'The answer is "The Oslo", stated in A and B: search them, then Finish[The Oslo].'
+    assert read_advice([stated]) == Advice("The Oslo", frozenset(), ())
+    wrong = 'I answered "the oslo", which was wrong.'
+    assert read_advice([stated, wrong]).answer is None  # an answer called wrong is never given
+
+
+def test_scripted_actor_reads_hops_on_advice(env: HotpotQAEnv) -> None:
+    """The hand-made question: alone it answers the only new name it read (the author, wrong);
+    the oracle's reflection sends it to the author's page and rules that name out: it wins.
+    Ties go to the first option, as in the zoo's demonstrations."""
+    (task,) = env.tasks("test", 1)
+    first = scripted_trial(env, task)
+    assert [s.action for s in first.steps] == ["Search[Green Hills]", "Finish[Ann Lee]"]
+    reflection = env.trajectory_oracle(first, [])
+    assert "never opened: Ann Lee; search them" in reflection
+    env.reset(task)
+    actions: list[str] = []
+    while not env.done:
+        actions.append(env.scripted_action([reflection], FirstChoice()))
+        env.step(actions[-1])
+    assert actions == ["Search[Ann Lee]", "Search[Green Hills]", "Finish[Oslo]"] and env.won
+
+
+def test_scripted_actor_wins_with_the_ground_truth(ircot: HotpotQAEnv) -> None:
+    for task in ircot.tasks("train", 60):
+        trajectory = scripted_trial(ircot, task, [ircot.ground_truth_reflection(task)])
+        assert trajectory.won and len(trajectory.steps) == 1, task.task_id
+
+
+def test_scripted_actor_never_repeats_a_ruled_out_answer(ircot: HotpotQAEnv) -> None:
+    retried = 0
+    for task in ircot.tasks("train", 80):
+        memory: list[str] = []
+        given: set[str] = set()
+        for k in range(3):
+            trajectory = scripted_trial(ircot, task, memory, trial=k)
+            answer = finish_of(trajectory)
+            assert answer is not None and normalize_answer(answer) not in given
+            if trajectory.won:
+                break
+            given.add(normalize_answer(answer))
+            memory.append(ircot.trajectory_oracle(trajectory, memory))
+            retried += k > 0
+        if len(given) >= 2:  # the list of earlier wrong answers alone rules them out as well
+            earlier = f"I ran out of steps. Earlier wrong answers: {' | '.join(sorted(given))}."
+            answer = finish_of(scripted_trial(ircot, task, [earlier]))
+            assert answer is not None and normalize_answer(answer) not in given
+    assert retried >= 40
+
+
+def test_scripted_actor_searches_the_pages_a_reflection_names(ircot: HotpotQAEnv) -> None:
+    followed = 0
+    for task in ircot.tasks("train", 40):
+        named = [p.title for p in ircot._by_id[task.task_id].paragraphs][-2:]
+        advice = f"Pages I saw named but never opened: {' | '.join(named)}; search them."
+        trajectory = scripted_trial(ircot, task, [advice])
+        assert [s.action for s in trajectory.steps[:2]] == [f"Search[{t}]" for t in named]
+        first = scripted_trial(ircot, task)
+        if first.won:
+            continue
+        reflection = ircot.trajectory_oracle(first, [])
+        pages = read_advice([reflection]).pages
+        second = scripted_trial(ircot, task, [reflection], trial=1)
+        assert [s.action for s in second.steps[: len(pages)]] == [f"Search[{p}]" for p in pages]
+        followed += bool(pages)
+    assert followed >= 10
+
+
+def test_scripted_actor_is_deterministic_without_reflections(ircot: HotpotQAEnv) -> None:
+    """No reflection, no new information: every trial replays the first, run after run."""
+    loop = TrialLoop(
+        lambda: make_env("hotpotqa", data_path=str(IRCOT)), ScriptedActor(), None, max_trials=3
+    )
+    tasks = ircot.tasks("train", 30)
+    runs = [asyncio.run(loop.run_tasks(tasks, 30)) for _ in range(2)]
+    for result in runs[0]:
+        assert len({t.trajectory for t in result.trials}) == 1, result.task_id
+    assert [r.trials[0].trajectory for r in runs[0]] == [r.trials[0].trajectory for r in runs[1]]
+
+
+@needs_ircot
+@pytest.mark.parametrize("max_steps", [1, 2, 4, 7])
+def test_scripted_actor_always_finishes_within_the_step_limit(max_steps: int) -> None:
+    """Even when a reflection names every page of the docstore to search."""
+    env = make_env("hotpotqa", {"max_steps": max_steps}, data_path=str(IRCOT))
+    for task in env.tasks("train", 25):
+        titles = [p.title for p in env._by_id[task.task_id].paragraphs]
+        pages = f"Pages I saw named but never opened: {' | '.join(titles)}; search them."
+        for reflections in ([], [pages]):
+            trajectory = scripted_trial(env, task, reflections)
+            assert len(trajectory.steps) <= max_steps and finish_of(trajectory)
+            assert all(bracket_action(s.action) for s in trajectory.steps)  # well formed
+            assert "Step limit reached" not in trajectory.steps[-1].observation
+
+
+class MisleadingReflector:
+    name = "misleading"
+
+    async def reflect(self, env, trajectory, memory, seed: str) -> Reflection:
+        return Reflection(env.misleading_reflection(trajectory, random.Random(seed)))
+
+
+def test_misleading_reflections_read_like_good_ones_and_mislead(ircot: HotpotQAEnv) -> None:
+    """The three forms, each in the phrasing of the ground truth or the oracle; following them
+    does much worse than following the oracle."""
+    forms: set[str] = set()
+    for i, task in enumerate(ircot.tasks("train", 60)):
+        first = scripted_trial(ircot, task)
+        if first.won:
+            continue
+        given = finish_of(first)
+        assert given is not None
+        text = ircot.misleading_reflection(first, random.Random(i))
+        advice = read_advice([text])
+        if text.startswith("The answer is"):
+            statement = r'The answer is "(.+)", stated in .+: search them, then Finish\[\1\]\.'
+            assert re.fullmatch(statement, text) and advice.answer is not None
+            forms.add("repeat" if advice.answer == given else "other")
+        else:
+            assert re.match(r'I answered "(.+?)", which was wrong\.', text) and advice.ruled_out
+            assert normalize_answer(given) not in advice.ruled_out  # the real one stays free
+            forms.add("rule_out")
+    assert forms == {"repeat", "other", "rule_out"}
+
+    def success(reflector) -> float:
+        make = lambda: make_env("hotpotqa", data_path=str(IRCOT))  # noqa: E731
+        loop = TrialLoop(make, ScriptedActor(), reflector, max_trials=3)
+        results = asyncio.run(loop.run_tasks(ircot.tasks("train", 60), 60))
+        return summarize(results, 3)["success_rate"]
+
+    assert success(MisleadingReflector()) < success(TrajectoryOracleReflector()) - 0.1

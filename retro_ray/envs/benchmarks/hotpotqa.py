@@ -19,23 +19,42 @@ from __future__ import annotations
 import difflib
 import random
 import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from retro_ray.envs.base import StepResult, Task, Trajectory, check_split, split_of
-from retro_ray.envs.benchmark import BenchmarkEnv
+from retro_ray.envs.benchmark import ScriptedActorEnv
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQAData, Question, load_hotpotqa
+from retro_ray.envs.benchmarks.hotpotqa_reading import (
+    FALLBACK_ANSWERS,
+    LIST_SEP,
+    MAX_ENTITY_SEARCHES,
+    MAX_OWN_SEARCHES,
+    SUBJECT_END,
+    WRONG_ANSWER,
+    Advice,
+    QuestionView,
+    best_options,
+    capitalised_spans,
+    judge_yes_no,
+    normalize_answer,
+    ranked_candidates,
+    read_advice,
+    read_question,
+    read_texts,
+    searched_queries,
+    similar_titles,
+    stems,
+    without_possessive,
+)
 from retro_ray.envs.builtin.common import EPISODE_OVER, STEP_LIMIT_NOTE, Outcome, bracket_action
 from retro_ray.envs.registry import EnvSpec, register
 
 ACTION_HELP = "Use Search[entity], Lookup[keyword] or Finish[answer]."
 FUZZY_MIN = 0.75
 """Similarity a title needs to be opened by a fuzzy Search (between 0 and 1)."""
-_PUNCTUATION = frozenset(string.punctuation)
-_WRONG = re.compile(r'answered "(.+?)", which was wrong')
 _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*(?: [A-Z][\w'-]*)*")
 
 
@@ -58,12 +77,6 @@ class HotpotQAOptions:
             raise ValueError(f"summary_sentences must be >= 1, got {self.summary_sentences}")
         if self.similar_titles < 0:
             raise ValueError(f"similar_titles must be >= 0, got {self.similar_titles}")
-
-
-def normalize_answer(text: str) -> str:
-    """HotPotQA's official normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
 
 
 def answer_f1(prediction: str, truth: str) -> float:
@@ -105,7 +118,7 @@ def match_title(query: str, titles: Sequence[str]) -> str | None:
     return None
 
 
-class HotpotQAEnv(BenchmarkEnv):
+class HotpotQAEnv(ScriptedActorEnv):
     name = "hotpotqa"
     Options = HotpotQAOptions
 
@@ -253,6 +266,104 @@ class HotpotQAEnv(BenchmarkEnv):
         seen = " ".join([self.question.question, *(obs for _, obs in self.log)])
         return f"Finish[{rng.choice(titles + _CAPITALISED.findall(seen))}]"
 
+    # ---- the scripted actor ----------------------------------------------------------------------
+
+    def scripted_action(self, reflections: Sequence[str], rng: random.Random) -> str:
+        """A ReAct-like reader that does what the reflections say. In order:
+
+        1. give the answer a reflection states, at once: the reflection did the reading, and a
+           one-step trial is the clearest demonstration of acting on it (searching the pages it
+           names first would only lengthen the lesson and risk the step limit);
+        2. search the pages a reflection names that this trial has not searched yet;
+        3. search by itself, at most ``MAX_OWN_SEARCHES`` times: the question's entities, a
+           listed similar title after a miss, then one hop to a name read that shares the
+           question's words;
+        4. Finish with the best candidate read (``_best_answer``), never one a reflection ruled
+           out. The last step of the limit is always a Finish.
+
+        It reads only the question, this trial's log and the reflections, never the gold answer
+        or the supporting titles."""
+        assert self.question is not None
+        advice = read_advice(reflections)
+        if advice.answer is not None:
+            return f"Finish[{advice.answer}]"
+        view = read_question(self.question.question)
+        if len(self.log) + 1 < self.max_steps:
+            query = self._next_search(view, advice)
+            if query is not None:
+                return f"Search[{query}]"
+        return f"Finish[{self._best_answer(view, advice, rng)}]"
+
+    def _searched(self) -> list[str]:
+        return searched_queries(action for action, _ in self.log)
+
+    def _next_search(self, view: QuestionView, advice: Advice) -> str | None:
+        """The advised pages first, then the actor's own queries; None: time to answer."""
+        searched = self._searched()
+        done = {normalize_answer(q) for q in searched}
+        if len(searched) >= len(advice.pages) + MAX_OWN_SEARCHES:
+            return None
+        queries = [*advice.pages, *self._own_queries(view, searched)]
+        return next(
+            (q for q in queries if normalize_answer(q) and normalize_answer(q) not in done), None
+        )
+
+    def _own_queries(self, view: QuestionView, searched: Sequence[str]) -> list[str]:
+        """What a ReAct agent would search next, best first: after a miss, a listed title that
+        shares a word with the missed query; the question's first entities; then names read
+        that share the question's words (the hop), most shared first, but not a page's own name
+        (what its first sentence says before "is"), which would only open the same page again."""
+        retry: list[str] = []
+        if self.log and (titles := similar_titles(self.log[-1][1])):
+            missed = set(normalize_answer(searched[-1]).split()) if searched else set()
+            retry = [t for t in titles if missed & set(normalize_answer(t).split())]
+        hops: list[tuple[int, int, int, str]] = []
+        for index, text in enumerate(read_texts(self.log)):
+            subject = SUBJECT_END.search(text)
+            for offset, span in capitalised_spans(text):
+                name = without_possessive(span)
+                if subject and offset < subject.start():
+                    continue  # the page's own name or alias: nowhere new to go
+                shared = len(view.stems & stems(name))
+                if shared and not set(normalize_answer(name).split()) <= view.words:
+                    hops.append((-shared, index, offset, name))
+        return [*retry, *view.entities[:MAX_ENTITY_SEARCHES], *(hop[-1] for hop in sorted(hops))]
+
+    def _best_answer(self, view: QuestionView, advice: Advice, rng: random.Random) -> str:
+        """Yes or no for a yes/no question, one of the alternatives for a choice question, each
+        judged from the pages read (``judge_yes_no``, ``best_options``); otherwise the
+        best-ranked candidate of the kind wanted (a date, a year, a count, a name) in what the
+        trial read, then any name read; last, an entity of the question or a stock answer, so
+        that the Finish is always well formed and never a ruled-out answer. ``rng`` breaks the
+        ties the text leaves."""
+        ruled_out = advice.ruled_out
+        pages = self._pages_by_query()
+        if view.kind == "yes_no" and (open_ := [a for a in ("yes", "no") if a not in ruled_out]):
+            verdict = judge_yes_no(view, pages) if len(open_) == 2 else None
+            return verdict or rng.choice(open_)
+        if view.kind == "choice":
+            open_ = [o for o in view.options if normalize_answer(o) not in ruled_out]
+            if open_:
+                return rng.choice(best_options(view, open_, pages))
+        texts = read_texts(self.log)
+        for kind in dict.fromkeys([view.kind, "name"]):
+            if kind in ("yes_no", "choice"):
+                continue
+            if ranked := ranked_candidates(texts, view, kind, ruled_out):
+                return rng.choice(ranked[0])
+        last_resort = [*view.entities, *FALLBACK_ANSWERS]
+        open_ = [a for a in last_resort if normalize_answer(a) not in ruled_out]
+        return open_[0] if open_ else f"{FALLBACK_ANSWERS[0]} {len(ruled_out)}"
+
+    def _pages_by_query(self) -> dict[str, str]:
+        """The text each successful Search of this trial showed, by its normalised query."""
+        pages: dict[str, str] = {}
+        for action, observation in self.log:
+            parsed = bracket_action(action)
+            if parsed and parsed[0] == "search" and (text := read_texts([(action, observation)])):
+                pages.setdefault(normalize_answer(parsed[1]), text[0])
+        return pages
+
     # ---- reflectors ------------------------------------------------------------------------------
 
     def trajectory_oracle(self, trajectory: Trajectory, memory: Sequence[str]) -> str:
@@ -261,36 +372,23 @@ class HotpotQAEnv(BenchmarkEnv):
         saw but never opened, those sharing most words with the question first."""
         question = self._by_id[trajectory.task.task_id]
         titles = [p.title for p in question.paragraphs]
-        read: list[str] = []
-        answer, invalid = None, 0
-        for step in trajectory.steps:
-            parsed = bracket_action(step.action)
-            verb, argument = parsed if parsed else ("", "")
-            if verb == "search" and not step.observation.startswith("Could not find"):
-                title = match_title(argument, titles)
-                if title and title not in read:
-                    read.append(title)
-            elif verb == "finish":
-                answer = argument
-            elif step.observation.startswith("Invalid action"):
-                invalid += 1
+        read, answer, invalid = trial_facts(trajectory, titles)
         parts = []
         if answer is not None:
             parts.append(f'I answered "{answer}", which was wrong.')
         else:
             parts.append("I ran out of steps before answering: I must Finish[answer] in time.")
-        ruled_out = [a for text in memory for a in _WRONG.findall(text) if a != answer]
+        ruled_out = [a for text in memory for a in WRONG_ANSWER.findall(text) if a != answer]
         if ruled_out:
-            parts.append(f"Earlier wrong answers: {', '.join(dict.fromkeys(ruled_out))}.")
+            parts.append(f"Earlier wrong answers: {LIST_SEP.join(dict.fromkeys(ruled_out))}.")
         if read:
-            parts.append(f"I read {', '.join(read)}.")
-        seen = " ".join(s.observation for s in trajectory.steps)
+            parts.append(f"I read {LIST_SEP.join(read)}.")
         words = set(normalize_answer(question.question).split())
-        unread = [t for t in titles if t not in read and t in seen]
+        unread = named_unread(trajectory, titles, read)
         unread.sort(key=lambda t: -len(words & set(normalize_answer(t).split())))
         if unread:
             parts.append(
-                f"Pages I saw named but never opened: {', '.join(unread[:3])}; search them."
+                f"Pages I saw named but never opened: {LIST_SEP.join(unread[:3])}; search them."
             )
         if invalid:
             parts.append(f"{invalid} action(s) were invalid. {ACTION_HELP}")
@@ -298,9 +396,89 @@ class HotpotQAEnv(BenchmarkEnv):
 
     def ground_truth_reflection(self, task: Task) -> str:
         question = self._by_id[task.task_id]
-        support = " and ".join(question.supporting_titles)
-        gold = question.answers[0]
-        return f'The answer is "{gold}", stated in {support}: search them, then Finish[{gold}].'
+        return answer_statement(question.answers[0], question.supporting_titles)
+
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        """Confident, wrong advice from the trajectory alone, in the very phrasings of the ground
+        truth and the oracle, so that only the content tells good advice from bad. One of:
+
+        * ``repeat``: states as the answer the one the trial gave and was told is incorrect;
+        * ``other``: states as the answer another name the trial read (not an alternative the
+          question offers, nor yes/no, where the other one would be right);
+        * ``rule_out``: says the trial gave another name it read, which was wrong (so the given
+          answer stays free to repeat), claims it read the pages it never opened and sends the
+          next trial back to those it did.
+
+        ``repeat`` is always wrong. ``other`` is right, and ``rule_out`` rules out the right
+        answer, when the name read happens to be the answer: rare, and left in, because only
+        the gold answer could exclude it. Negative training data for the retrospective base."""
+        question = self._by_id[trajectory.task.task_id]
+        titles = [p.title for p in question.paragraphs]
+        view = read_question(question.question)
+        read, answer, _ = trial_facts(trajectory, titles)
+        named = named_unread(trajectory, titles, read)
+        log = [(s.action, s.observation) for s in trajectory.steps]
+        excluded = frozenset({normalize_answer(answer or ""), *map(normalize_answer, view.options)})
+        others = [
+            name
+            for tie in ranked_candidates(read_texts(log), view, "name", excluded)
+            for name in tie
+        ]
+        forms = (["repeat"] if answer and not trajectory.won else []) + (
+            ["other", "rule_out"] if others else []
+        )
+        form = rng.choice(forms) if forms else "entity"
+        if form == "rule_out":
+            parts = [f'I answered "{rng.choice(others)}", which was wrong.']
+            if named:
+                parts.append(f"I read {LIST_SEP.join(named[:2])}.")
+            if read:
+                parts.append(
+                    f"Pages I saw named but never opened: {LIST_SEP.join(read[:3])}; search them."
+                )
+            return " ".join(parts)
+        if form == "repeat":
+            assert answer is not None
+            claim = answer
+        elif form == "other":
+            claim = rng.choice(others)
+        else:
+            claim = next(iter(view.entities), FALLBACK_ANSWERS[0])
+        searched = searched_queries(s.action for s in trajectory.steps)
+        support = (read or named or searched or list(view.entities))[:2] or [claim]
+        return answer_statement(claim, support)
+
+
+def answer_statement(answer: str, pages: Sequence[str]) -> str:
+    """The ground truth's phrasing: the answer, the pages that state it, what to do."""
+    support = " and ".join(pages)
+    return f'The answer is "{answer}", stated in {support}: search them, then Finish[{answer}].'
+
+
+def trial_facts(trajectory: Trajectory, titles: Sequence[str]) -> tuple[list[str], str | None, int]:
+    """The pages a trial opened (in order), the answer it gave (None: it ran out of steps) and
+    how many of its actions were invalid."""
+    read: list[str] = []
+    answer, invalid = None, 0
+    for step in trajectory.steps:
+        parsed = bracket_action(step.action)
+        verb, argument = parsed if parsed else ("", "")
+        if verb == "search" and not step.observation.startswith("Could not find"):
+            title = match_title(argument, titles)
+            if title and title not in read:
+                read.append(title)
+        elif verb == "finish":
+            answer = argument
+        elif step.observation.startswith("Invalid action"):
+            invalid += 1
+    return read, answer, invalid
+
+
+def named_unread(trajectory: Trajectory, titles: Sequence[str], read: Sequence[str]) -> list[str]:
+    """Titles that appear in what the trial saw (page text, lists of similar titles) but that it
+    never opened, in docstore order."""
+    seen = " ".join(s.observation for s in trajectory.steps)
+    return [t for t in titles if t not in read and t in seen]
 
 
 register(
