@@ -190,13 +190,14 @@ def test_missing_package_names_the_extra(monkeypatch) -> None:
         AlfworldEnv()
 
 
-def test_oracle_reads_a_written_trajectory() -> None:
-    from retro_ray.envs.benchmarks.alfworld_reflect import oracle_reflection
+LAMP_TASK = Task(
+    "alfworld", "valid_unseen/look_at_obj_in_light-CD-None-DeskLamp-308/trial_1", "test"
+)
+LAMP_ROOM = "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 2, a desk 1, and a drawer 1.\n\nYour task is to: look at cd under the desklamp."
 
-    task = Task(
-        "alfworld", "valid_unseen/look_at_obj_in_light-CD-None-DeskLamp-308/trial_1", "test"
-    )
-    room = "You are in the middle of a room. Looking quickly around you, you see a bed 1, a desk 2, a desk 1, and a drawer 1.\n\nYour task is to: look at cd under the desklamp."
+
+def lamp_trial() -> Trajectory:
+    """A written failed trial of a look-at task: the lamp seen on desk 1, no cd found."""
     steps = [
         ("go to bed 1", "You arrive at bed 1. On the bed 1, you see a pillow 1."),
         ("go to desk 1", "You arrive at desk 1. On the desk 1, you see a desklamp 1, and a mug 2."),
@@ -207,8 +208,14 @@ def test_oracle_reads_a_written_trajectory() -> None:
             "You arrive at bed 1. On the bed 1, you see a pillow 1. " + STEP_LIMIT_NOTE,
         ),
     ]
-    trajectory = Trajectory(task, 0, room, [Step(a, o, 0.0) for a, o in steps], done=True)
-    first = oracle_reflection(trajectory, [], max_steps=5, put_alias=False)
+    return Trajectory(LAMP_TASK, 0, LAMP_ROOM, [Step(a, o, 0.0) for a, o in steps], done=True)
+
+
+def test_oracle_reads_a_written_trajectory() -> None:
+    from retro_ray.envs.benchmarks.alfworld_reflect import oracle_reflection
+
+    task, room = LAMP_TASK, LAMP_ROOM
+    first = oracle_reflection(lamp_trial(), [], max_steps=5, put_alias=False)
     assert first == (
         "I saw desklamp 1 at desk 1. No cd at: bed 1, desk 1. Not searched yet: desk 2, drawer 1. "
         "Plan: take a cd, then go to desk 1 and use desklamp 1. "
@@ -227,6 +234,73 @@ def test_oracle_reads_a_written_trajectory() -> None:
         "I saw cd 1 at desk 2. I saw desklamp 1 at desk 1. No cd at: bed 1, desk 1. "
         "Plan: take a cd, then go to desk 1 and use desklamp 1."
     )
+
+
+def test_task_sentences_give_the_goal() -> None:
+    """The scripted actor reads the goal from the task sentence, in each of its phrasings."""
+    from retro_ray.envs.benchmarks.alfworld_reflect import Goal
+
+    room = LAMP_ROOM.split("Your task is to: ")[0] + "Your task is to: "
+    cases = {
+        "put some spraybottle on toilet.": ("pick_and_place_simple", "spraybottle", "toilet"),
+        "put a mug in coffeemachine.": ("pick_and_place_simple", "mug", "coffeemachine"),
+        "put two cd in safe.": ("pick_two_obj_and_place", "cd", "safe"),
+        "find two pillow and put them in sofa.": ("pick_two_obj_and_place", "pillow", "sofa"),
+        "look at bowl under the desklamp.": ("look_at_obj_in_light", "bowl", "desklamp"),
+        "examine the book with the desklamp.": ("look_at_obj_in_light", "book", "desklamp"),
+        "clean some bowl and put it in cabinet.": ("pick_clean_then_place_in_recep", "bowl", "cabinet"),
+        "put a clean lettuce in diningtable.": ("pick_clean_then_place_in_recep", "lettuce", "diningtable"),
+        "heat some egg and put it in garbagecan.": ("pick_heat_then_place_in_recep", "egg", "garbagecan"),
+        "put a hot apple in fridge.": ("pick_heat_then_place_in_recep", "apple", "fridge"),
+        "cool some pan and put it in stoveburner.": ("pick_cool_then_place_in_recep", "pan", "stoveburner"),
+        "put a cool tomato in microwave.": ("pick_cool_then_place_in_recep", "tomato", "microwave"),
+    }  # fmt: skip
+    for sentence, expected in cases.items():
+        goal = Goal.from_task_text(room + sentence)
+        assert (goal.task_type, goal.obj, goal.receptacle) == expected, sentence
+    assert Goal.from_task_text(room + "dance a waltz.") == Goal()
+    assert Goal.from_task_text(LAMP_ROOM) == Goal.from_task_id(LAMP_TASK.task_id)
+
+
+def test_advice_reads_back_what_the_reflectors_write() -> None:
+    from retro_ray.envs.benchmarks.alfworld_reflect import (
+        Goal,
+        ground_truth_text,
+        oracle_reflection,
+        read_advice,
+    )
+
+    goal = Goal.from_task_text(LAMP_ROOM)
+    oracle = oracle_reflection(lamp_trial(), [], max_steps=5)
+    advice = read_advice([oracle], goal)
+    assert advice.object_at == () and advice.plan == ()
+    assert advice.lamps == (("desklamp 1", "desk 1"),)
+    assert advice.ruled_out == {"bed 1", "desk 1"}
+    assert advice.unsearched == ("desk 2", "drawer 1")
+    walkthrough = ["go to desk 2", "take cd 1 from desk 2", "go to desk 1", "use desklamp 1"]
+    advice = read_advice([oracle, ground_truth_text(walkthrough)], goal)
+    assert advice.object_at == ("desk 2",) and advice.plan == tuple(walkthrough)
+    assert read_advice(["No mug at: desk 2. I saw mug 1 at bed 1."], goal) == read_advice([], goal)
+
+
+def test_misleading_reflection_turns_the_facts_around() -> None:
+    """Said in the oracle's sentences, every fact wrong: the cd "seen" where the trial found
+    none, the unsearched places (and where the cd really was) ruled out, the searched places
+    called unsearched, the lamp moved away from where it stood."""
+    from retro_ray.envs.benchmarks.alfworld_reflect import Goal, misleading_text, read_advice
+
+    goal = Goal.from_task_text(LAMP_ROOM)
+    trial = lamp_trial()
+    saw_cd = Step("go to desk 2", "You arrive at desk 2. On the desk 2, you see a cd 3.", 0.0)
+    seen = dataclasses.replace(trial, steps=[saw_cd, *trial.steps])
+    for seed in range(20):
+        advice = read_advice([misleading_text(trial, random.Random(seed), 5)], goal)
+        assert len(advice.object_at) == 1 and advice.object_at[0] in {"bed 1", "desk 1"}
+        assert advice.ruled_out and advice.ruled_out <= {"desk 2", "drawer 1"}
+        assert set(advice.unsearched) <= {"bed 1", "desk 1"}
+        assert [place for _, place in advice.lamps] != ["desk 1"] and advice.plan == ()
+        text = misleading_text(seen, random.Random(seed), 5)
+        assert "I saw cd 3 at " in text and "desk 2" in read_advice([text], goal).ruled_out
 
 
 # ---- playing: needs the alfworld package -------------------------------------------------------
@@ -380,3 +454,100 @@ def test_command_line_plays_alfworld(cache: Path, capsys, tmp_path: Path, monkey
     assert result["tasks"] == 2 and result["success_rate"] == 1.0
     assert main([*args, "--split", "train"]) == EXIT_CONFIG
     assert "no 'train' games" in capsys.readouterr().err
+
+
+# ---- the scripted actor: needs the alfworld package --------------------------------------------
+
+_NAME = r"[a-z]+ \d+"
+COMMAND = re.compile(
+    rf"^(?:look|go to {_NAME}|open {_NAME}|take {_NAME} from {_NAME}|move {_NAME} to {_NAME}"
+    rf"|(?:heat|cool|clean) {_NAME} with {_NAME}|use {_NAME})$"
+)
+"""The game's command forms the scripted actor may write."""
+SEARCH_STEPS = 12
+"""A step limit that makes the search the bottleneck: at 50 the scripted actor finds and
+delivers the object without any advice (median 17 steps), while every walkthrough fits in 12."""
+
+
+def scripted_play(env, task: Task, reflections: tuple[str, ...] = ()) -> Trajectory:
+    """One trial of the scripted actor within ``SEARCH_STEPS``, its tie-breaks seeded as the
+    trial loop seeds them (run seed, task, reflections, step); each command is checked against
+    the game's admissible ones, which the actor itself never sees."""
+    seed = f"0|{task.task_id}|" + "|".join(reflections)
+
+    def act(e) -> str:
+        action = e.scripted_action(list(reflections), random.Random(f"{seed}|step{e.steps_taken}"))
+        assert COMMAND.match(action), action
+        if not reflections:
+            assert action in e.admissible_commands, action
+        return action
+
+    env.max_steps = SEARCH_STEPS
+    try:
+        return play(env, task, act)
+    finally:
+        env.max_steps = env.options.max_steps
+
+
+def test_scripted_actor_repeats_itself_with_admissible_commands(env) -> None:
+    for task in env.tasks("test", 2):
+        first = scripted_play(env, task)
+        assert [s.action for s in scripted_play(env, task).steps] == [s.action for s in first.steps]
+
+
+def test_scripted_actor_goes_first_where_advice_says(env) -> None:
+    from retro_ray.envs.benchmarks.alfworld_reflect import Goal, item_list
+
+    (task,) = env.tasks("test", 1)
+    first = env.reset(task)
+    goal = Goal.from_task_text(first)
+    room = item_list(first.split("you see ")[1].split(".")[0])
+    place = next(p for p in reversed(room) if f"go to {p}" != env.walkthrough[0])
+    hinted = scripted_play(env, task, (f"I saw {goal.obj} 7 at {place}.",))
+    assert hinted.steps[0].action == f"go to {place}"
+    truth = env.ground_truth_reflection(task)
+    played = scripted_play(env, task, (truth,))
+    assert played.won and [s.action for s in played.steps] == env.walkthrough
+
+
+@pytest.mark.slow  # about 25 s alone: 12 games, three trials each, four reflectors
+def test_reflections_of_a_failed_trial_help_the_scripted_actor(env) -> None:
+    """Without a reflection a retry replays the failed trial (the test above). With the ground
+    truth it wins. With the trajectory oracle it searches only places the failed trial did not
+    rule out, and wins some. A misleading reflection sends it back to a searched place."""
+    failed = [(task, t) for task in env.tasks("test", 4) if not (t := scripted_play(env, task)).won]
+    assert len(failed) >= 2
+    truth = oracle = 0
+    for task, trial in failed:
+        truth += scripted_play(env, task, (env.ground_truth_reflection(task),)).won
+        advised = scripted_play(env, task, (env.trajectory_oracle(trial, []),))
+        oracle += advised.won
+        searched = _searched_without_the_object(trial)
+        assert not searched & set(_places_before_the_object(advised))
+        misled = env.misleading_reflection(trial, random.Random(0))
+        env.reset(task)
+        assert env.scripted_action([misled], random.Random(0)).removeprefix("go to ") in searched
+    assert truth == len(failed) and oracle >= 1
+
+
+def _searched_without_the_object(trajectory: Trajectory) -> set[str]:
+    """The places whose contents the trial saw, none of them the task's object."""
+    from retro_ray.envs.benchmarks.alfworld_reflect import Goal, of_kind, read_trajectory
+
+    obj = Goal.from_task_text(trajectory.first_observation).obj
+    contents = read_trajectory(trajectory, 50).contents
+    return {p for p, things in contents.items() if not any(of_kind(t, obj) for t in things)}
+
+
+def _places_before_the_object(trajectory: Trajectory) -> list[str]:
+    """The places a trial went to before it first saw an instance of the task's object."""
+    from retro_ray.envs.benchmarks.alfworld_reflect import Goal
+
+    obj = Goal.from_task_text(trajectory.first_observation).obj
+    places = []
+    for step in trajectory.steps:
+        if re.search(rf"\b{obj} \d+", step.observation):
+            break
+        if step.action.startswith("go to "):
+            places.append(step.action.removeprefix("go to "))
+    return places

@@ -61,6 +61,13 @@ class ScriptedActorEnv(BenchmarkEnv):
         which the trial loop seeds from the task and the reflections, so that with no reflection it
         repeats the same choices trial after trial, as a greedy LLM does."""
 
+    @abstractmethod
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        """Confident, wrong advice derived from the trajectory alone, in the surface forms of
+        ``trajectory_oracle``: the zoo's negative examples, so that a retrospective base samples
+        reflections of varied quality and the scripted actor's demonstrations show acting on
+        bad advice too (the form alone must not tell good advice from bad)."""
+
 
 VAGUE_REFLECTIONS = (
     "I failed. I should be more careful next time.",

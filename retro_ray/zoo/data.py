@@ -32,7 +32,6 @@ from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.config import ActorConfig, ReflectorConfig
 from retro_ray.envs.base import TextEnv, Trajectory
 from retro_ray.envs.benchmark import ScriptedActorEnv
-from retro_ray.envs.builtin.common import BuiltinEnv
 from retro_ray.envs.registry import make_env
 from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 from retro_ray.zoo.models import train_tokenizer
@@ -73,7 +72,11 @@ def weighted_choice(weights: Sequence[tuple[str, float]], rng: random.Random) ->
 
 
 def write_reflection(
-    env: BuiltinEnv, kind: str, trajectory: Trajectory, memory: Sequence[str], rng: random.Random
+    env: ScriptedActorEnv,
+    kind: str,
+    trajectory: Trajectory,
+    memory: Sequence[str],
+    rng: random.Random,
 ) -> str:
     """A reflection of ``kind`` on a failed trial, written by the environment's code."""
     if kind == "trajectory_oracle":
@@ -83,7 +86,7 @@ def write_reflection(
     if kind == "vague":
         return env.vague_reflection(trajectory, rng)
     if kind == "misleading":
-        return env.misleading_reflection(trajectory, rng)  # type: ignore[attr-defined]
+        return env.misleading_reflection(trajectory, rng)
     raise ValueError(f"unknown reflection kind {kind!r}; expected one of {REFLECTION_KINDS}")
 
 
@@ -131,7 +134,7 @@ class RecordingReflector:
     async def reflect(
         self, env: TextEnv, trajectory: Trajectory, memory: Sequence[str], seed: str
     ) -> Reflection:
-        assert isinstance(env, BuiltinEnv)
+        assert isinstance(env, ScriptedActorEnv)
         rng = random.Random(f"{seed}|zoo-reflection")
         target_kind = weighted_choice(self.mix, rng)
         target = clean_reflection(

@@ -122,6 +122,9 @@ class MixtureEnv(ScriptedActorEnv):
     def vague_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
         return self.family(trajectory.task).vague_reflection(trajectory, rng)
 
+    def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
+        return self.family(trajectory.task).misleading_reflection(trajectory, rng)
+
     def __getattr__(self, attr: str) -> Any:
         """What a family's environment offers beyond the protocol (its episode log, its task),
         from the current family."""
