@@ -489,10 +489,12 @@ def scripted_play(env, task: Task, reflections: tuple[str, ...] = ()) -> Traject
         env.max_steps = env.options.max_steps
 
 
-def test_scripted_actor_repeats_itself_with_admissible_commands(env) -> None:
-    for task in env.tasks("test", 2):
-        first = scripted_play(env, task)
-        assert [s.action for s in scripted_play(env, task).steps] == [s.action for s in first.steps]
+def test_scripted_actor_repeats_a_failed_trial_with_admissible_commands(env) -> None:
+    """Without a reflection nothing changes between trials: the retry replays the failure."""
+    task = env.tasks("test", 2)[1]  # a game the scripted actor cannot finish in SEARCH_STEPS
+    first = scripted_play(env, task)
+    assert not first.won and len(first.steps) == SEARCH_STEPS
+    assert [s.action for s in scripted_play(env, task).steps] == [s.action for s in first.steps]
 
 
 def test_scripted_actor_goes_first_where_advice_says(env) -> None:
@@ -512,7 +514,7 @@ def test_scripted_actor_goes_first_where_advice_says(env) -> None:
 
 @pytest.mark.slow  # about 25 s alone: 12 games, three trials each, four reflectors
 def test_reflections_of_a_failed_trial_help_the_scripted_actor(env) -> None:
-    """Without a reflection a retry replays the failed trial (the test above). With the ground
+    """Without a reflection a retry replays the failed trial (tested above). With the ground
     truth it wins. With the trajectory oracle it searches only places the failed trial did not
     rule out, and wins some. A misleading reflection sends it back to a searched place."""
     failed = [(task, t) for task in env.tasks("test", 4) if not (t := scripted_play(env, task)).won]
