@@ -22,8 +22,9 @@ never unloaded: building one per task would grow a long-running rollout worker w
 Each step then takes about 0.3 s of CPU (2-core machine), nearly all of it TextWorld rendering
 the answer and the admissible commands from the game's grammar (tatsu parses each template anew).
 
-The scripted actor (``alfworld_play.ScriptedPlay``) reads only what an LLM actor's prompt holds and follows the
-advice of its reflections, good or bad; ``misleading_reflection`` writes the bad kind.
+The scripted actor (``alfworld_play.ScriptedPlay``) reads only what an LLM actor's prompt holds
+and follows the advice of its reflections, good or bad; ``misleading_reflection`` writes the bad
+kind.
 """
 
 from __future__ import annotations
