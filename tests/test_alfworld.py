@@ -512,7 +512,7 @@ def test_scripted_actor_goes_first_where_advice_says(env) -> None:
     assert played.won and [s.action for s in played.steps] == env.walkthrough
 
 
-@pytest.mark.slow  # about 25 s alone: 12 games, three trials each, four reflectors
+# about 5 s: 12 games, three trials each, four reflectors (25-45 s before textworld_speedups)
 def test_reflections_of_a_failed_trial_help_the_scripted_actor(env) -> None:
     """Without a reflection a retry replays the failed trial (tested above). With the ground
     truth it wins. With the trajectory oracle it searches only places the failed trial did not
@@ -553,3 +553,28 @@ def _places_before_the_object(trajectory: Trajectory) -> list[str]:
         if step.action.startswith("go to "):
             places.append(step.action.removeprefix("go to "))
     return places
+
+
+def test_textworld_caches_change_no_text(env) -> None:
+    """``textworld_speedups`` caches TextWorld's PDDL translation and template parsing and copies
+    its contexts shallowly: two games of two trials each, played with and without the caches,
+    must show the same observations, admissible commands and outcomes."""
+    from retro_ray.envs.benchmarks import textworld_speedups
+
+    def record() -> list:
+        log: list = []
+        for task in env.tasks("test", 3)[1:]:
+            for _ in range(2):
+                trial = scripted_play(env, task)
+                log.append((trial.first_observation, trial.won, env.admissible_commands))
+                log += [(s.action, s.observation, s.reward) for s in trial.steps]
+        return log
+
+    assert textworld_speedups.installed()  # loading TextWorld installed them
+    cached = record()
+    textworld_speedups.uninstall()
+    try:
+        plain = record()
+    finally:
+        textworld_speedups.install()
+    assert len(cached) > 20 and cached == plain
