@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
-from retro_ray.zoo.recipes import RECIPES
+from retro_ray.zoo.recipes import RECIPES, Recipe, get_recipe
 
 
 def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +23,13 @@ def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="torch threads (default: 2 on a machine with 2 or more cores; 1 where other work "
         "runs beside the build: see zoo.build.default_threads)",
+    )
+    build.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes playing the recipe's games for its data (the same data for any number; "
+        "an ALFWorld game takes about 3 s of CPU: give 2 on 2 cores)",
     )
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.set_defaults(handler=_zoo_build)
@@ -49,7 +57,9 @@ def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
 def _zoo_build(args: argparse.Namespace) -> int:
     from retro_ray.zoo.build import build_zoo
 
-    built = build_zoo(args.recipe, cache_dir=args.cache_dir, threads=args.threads)
+    built = build_zoo(
+        args.recipe, cache_dir=args.cache_dir, threads=args.threads, workers=args.workers
+    )
     result = {
         "recipe": args.recipe,
         "path": str(built.root),
@@ -66,21 +76,24 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def family_options(items: list[str]) -> dict[str, dict[str, str]]:
-    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}``, each
-    family's options checked by the config loader before any model is built or loaded."""
+def family_options(items: list[str], recipe: Recipe | None = None) -> dict[str, dict[str, Any]]:
+    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}`` over the
+    recipe's fixed ``env_options``, each family's options checked by the config loader before any
+    model is built or loaded."""
     from retro_ray.zoo.advice import family_config
-    from retro_ray.zoo.recipes import ENVS
 
-    options: dict[str, dict[str, str]] = {}
+    recipe = recipe or RECIPES["default"]
+    options: dict[str, dict[str, Any]] = {e: recipe.fixed_options(e) for e in recipe.envs}
     for item in items:
         name, sep, value = item.partition("=")
         family, dot, key = name.partition(".")
         if not sep or not dot or not key:
             raise ValueError(f"--option {item!r}: expected FAMILY.KEY=VALUE")
-        if family not in ENVS:
-            raise ValueError(f"--option {item!r}: family must be one of {', '.join(ENVS)}")
-        options.setdefault(family, {})[key] = value
+        if family not in recipe.envs:
+            raise ValueError(
+                f"--option {item!r}: family must be one of the recipe's {', '.join(recipe.envs)}"
+            )
+        options[family][key] = value
     for family, values in options.items():
         family_config(family, tasks=1, trials=1, seed=0, options=values)  # raises on a bad one
     return options
@@ -92,8 +105,9 @@ def _zoo_eval(args: argparse.Namespace) -> int:
 
     if args.tasks < 1 or args.trials < 1:
         raise ValueError("--tasks and --trials must be >= 1")
-    options = family_options(args.option)
-    built = build_zoo(args.recipe, cache_dir=args.cache_dir)  # built with its default threads
+    recipe = get_recipe(args.recipe)
+    options = family_options(args.option, recipe)
+    built = build_zoo(recipe, cache_dir=args.cache_dir)  # built with its default threads
     report = evaluate_zoo(
         built.actor_dir,
         built.retrospective_dir,
@@ -103,6 +117,7 @@ def _zoo_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         threads=args.threads,
         options=options,
+        envs=recipe.envs,
     )
     report["recipe"] = args.recipe
     print(json.dumps(report) if args.json else format_report(report))

@@ -71,7 +71,7 @@ def test_cli_build_reports_the_cache_hit(zoo_tiny, capsys) -> None:
     ("option", "message"),
     [
         ("household.n_containers=99", "n_containers must be in 2..24"),
-        ("garden.size=3", "family must be one of lookup, household, shop"),
+        ("garden.size=3", "family must be one of the recipe's lookup, household, shop"),
         ("household=3", "expected FAMILY.KEY=VALUE"),
     ],
 )
@@ -260,3 +260,42 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
     assert set(checks[0]["success"]["lookup"]) == {"react", "trajectory-oracle"}
     assert any("falls short" in line for line in lines)
     assert any("WARNING" in line and "still falls short" in line for line in lines)
+
+
+def test_benchmark_envs_and_fixed_options_make_a_recipe() -> None:
+    """Any environment with a scripted actor can teach a recipe; ``env_options`` fixes its knobs
+    for the data (and the check and ``zoo eval``); the data key ignores the models' fields."""
+    from retro_ray.zoo.recipes import ALFWORLD
+
+    assert ALFWORLD.validate().fixed_options("alfworld") == {"max_steps": 12}
+    fixed = dataclasses.replace(
+        TINY, envs=("shop",), env_options=(("shop", (("n_items", 6),)),)
+    ).validate()
+    assert "env_options" not in TINY.to_dict()  # recipes without them keep their cache keys
+    assert fixed.digest() != dataclasses.replace(fixed, env_options=()).digest()
+    assert task_options(fixed, "shop", ["a", "b"]) == [{"n_items": 6}, {"n_items": 6}]
+    ranged = dataclasses.replace(fixed, option_values=(("shop", (("n_sizes", (4,)),)),))
+    assert task_options(ranged, "shop", ["a"]) == [{"n_items": 6, "n_sizes": 4}]
+    retrained = dataclasses.replace(fixed, actor_sft=dataclasses.replace(fixed.actor_sft, steps=9))
+    assert retrained.data_digest() == fixed.data_digest() != TINY.data_digest()
+    for bad, message in (
+        (dataclasses.replace(TINY, envs=("webshop",)), "has no scripted actor"),
+        (dataclasses.replace(fixed, env_options=(("lookup", (("hops", 1),)),)), "not one of"),
+        (dataclasses.replace(fixed, env_options=(("shop", (("n_items", 99),)),)), "n_items"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            bad.validate()
+
+
+def test_data_is_the_same_from_any_number_of_processes_and_cached(tmp_path) -> None:
+    """Chunks of tasks played in two worker processes give exactly the data of one process; the
+    data cache returns it again without playing a game."""
+    from retro_ray.zoo.data import cached_data
+
+    recipe = dataclasses.replace(TINY, tasks_per_env=30)
+    data, hit = cached_data(recipe, tmp_path, workers=2)
+    assert not hit and data == generate_data(recipe, workers=1)
+    assert len(data.actor) > 50 and len(data.reflections) > 20
+    again, hit = cached_data(recipe, tmp_path, workers=1)
+    assert hit and again == data
+    assert [p.name for p in tmp_path.iterdir()] == [f"tiny-{recipe.data_digest()}.json"]

@@ -7,7 +7,7 @@ from typing import Literal
 
 from retro_ray.config.checks import in_range, positive, require
 
-ZooRecipeName = Literal["default", "families", "families_range", "tiny"]
+ZooRecipeName = Literal["default", "families", "families_range", "alfworld", "tiny"]
 """The zoo's recipes (``retro_ray.zoo.recipes.RECIPES``; a test keeps the two equal)."""
 
 

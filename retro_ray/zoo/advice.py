@@ -33,6 +33,9 @@ BASE = "retrospective-base"
 """The model name the base reflector is known by in this evaluation."""
 ACTOR_MAX_TOKENS = 24
 REFLECTOR_MAX_TOKENS = 48
+LONG_REFLECTIONS = {"alfworld": 96, "hotpotqa": 96}
+"""Reflection token limits of the benchmarks, whose reflections list places or titles and fill
+the 300 characters a reflection may hold (``reflector.max_chars``): about 85 tokens."""
 
 
 def family_config(
@@ -45,7 +48,7 @@ def family_config(
         f"env.seed={seed}",
         f"trials.max_trials={trials}",
         f"actor.endpoint.max_tokens={ACTOR_MAX_TOKENS}",
-        f"reflector.endpoint.max_tokens={REFLECTOR_MAX_TOKENS}",
+        f"reflector.endpoint.max_tokens={LONG_REFLECTIONS.get(env, REFLECTOR_MAX_TOKENS)}",
         f"reflector.endpoint.model={BASE}",
         f"run.seed={seed}",
     ]
@@ -116,6 +119,7 @@ def evaluate_zoo(
     seed: int = 0,
     threads: int = 1,
     options: dict[str, dict] | None = None,
+    envs: tuple[str, ...] = ENVS,
 ) -> dict[str, Any]:
     """Load both models into local torch backends and run :func:`evaluate_reflections`."""
     from retro_ray.llm.torch_backend import TorchBackend
@@ -126,7 +130,15 @@ def evaluate_zoo(
         retro = TorchBackend(retrospective_dir, max_batch_size=64, name="retrospective")
         identities = {"actor": model_identity(actor_dir), BASE: model_identity(retrospective_dir)}
         return evaluate_reflections(
-            actor, retro, out_dir, tasks, trials, seed=seed, identities=identities, options=options
+            actor,
+            retro,
+            out_dir,
+            tasks,
+            trials,
+            envs,
+            seed=seed,
+            identities=identities,
+            options=options,
         )
 
 

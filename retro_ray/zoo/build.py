@@ -7,6 +7,10 @@ cache hit in well under a second, and a changed recipe never reuses a stale buil
 into a temporary directory next to the final one and renames it into place at the end: an
 interrupted build leaves no half-written entry, and of two concurrent builds one wins cleanly.
 
+The games played for a recipe's data are kept too, in ``<cache>/data/`` under a key of the fields
+that decide them: a rebuild with another model or schedule, or after an interrupted build, does not
+replay them (ALFWorld's games cost about 3 s each to play).
+
 Cache root: ``--cache-dir``, else ``$RETRO_RAY_CACHE/zoo``, else ``~/.cache/retro_ray/zoo``.
 """
 
@@ -29,6 +33,8 @@ if TYPE_CHECKING:  # the data module imports tokenizers and torch: a cache hit n
     from retro_ray.zoo.data import ReflectionExample
 
 MANIFEST = "manifest.json"
+DATA_CACHE = "data"
+"""Folder of the cache root where the played data is kept (``zoo.data.cached_data``)."""
 Log = Callable[[str], None]
 
 
@@ -68,15 +74,20 @@ def build_zoo(
     cache_dir: str | Path | None = None,
     log: Log | None = None,
     threads: int | None = None,
+    workers: int = 1,
 ) -> ZooBuild:
     """Return the cached build of ``recipe``, building it first if missing.
 
     ``threads`` is torch's intra-op thread count, by default :func:`default_threads`. The build's
     weights depend on it in their last bits, as they do on the machine's floating-point kernels
     (the ability check holds what matters); the manifest keeps it, the cache key does not: a
-    build made with other threads is a cache hit."""
+    build made with other threads is a cache hit. ``workers`` processes play the games of the
+    recipe's data (the same data for any number; more than one needs the calling script's
+    ``if __name__ == "__main__"`` guard, as any spawning code does)."""
     if threads is not None and threads < 1:
         raise ValueError(f"threads: bad value {threads}; give 1 or more (or None: the default)")
+    if workers < 1:
+        raise ValueError(f"workers: bad value {workers}; give 1 or more")
     threads = threads or default_threads()
     start = time.monotonic()
     log = log or _stderr
@@ -94,7 +105,7 @@ def build_zoo(
         from retro_ray.zoo.models import torch_threads
 
         with torch_threads(threads):
-            built = _build_into(staging, recipe, log, threads)
+            built = _build_into(staging, recipe, log, threads, root / DATA_CACHE, workers)
         (staging / MANIFEST).write_text(json.dumps(built, indent=2))
         manifest = json.loads((staging / MANIFEST).read_text())  # as a cache hit will read it
         try:
@@ -128,8 +139,10 @@ def reflection_span(example: ReflectionExample) -> tuple[str, list[tuple[int, in
     return example.prompt + example.target, [(start, start + len(example.target))]
 
 
-def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, Any]:
-    from retro_ray.zoo.data import generate_data, train_prompt_tokenizer
+def _build_into(
+    out: Path, recipe: Recipe, log: Log, threads: int, data_cache: Path, workers: int
+) -> dict[str, Any]:
+    from retro_ray.zoo.data import cached_data, train_prompt_tokenizer
     from retro_ray.zoo.models import init_llama, save_model, special_token_ids
     from retro_ray.zoo.sft import encode_spans, train_sft
 
@@ -141,9 +154,14 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
         timings[stage] = round(time.monotonic() - began, 2)
         began = time.monotonic()
 
-    log(f"[zoo data] playing {recipe.tasks_per_env} train tasks per env with the scripted actor")
-    data = generate_data(recipe)
+    log(
+        f"[zoo data] playing {recipe.tasks_per_env} train tasks per env with the scripted actor "
+        f"({workers} process{'es' if workers > 1 else ''}; cached in {data_cache})"
+    )
+    data, data_hit = cached_data(recipe, data_cache, workers, log)
     lap("data")
+    if data_hit:
+        log("[zoo data] found in the data cache: no game replayed")
     tokenizer = train_prompt_tokenizer(data, recipe.vocab_size)
     lap("tokenizer")
     log(
@@ -205,6 +223,7 @@ def _build_into(out: Path, recipe: Recipe, log: Log, threads: int) -> dict[str, 
         "data": {
             "actor_sequences": len(data.actor),
             "reflections": len(data.reflections),
+            "from_cache": data_hit,
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -228,6 +247,7 @@ def check_ability(actor_dir: Path, recipe: Recipe, seed: int) -> dict[str, Any]:
             tasks=check.tasks,
             trials=recipe.max_trials,
             envs=check.envs,
+            options={env: recipe.fixed_options(env) for env in check.envs},
             seed=seed,
             agents=("react", "trajectory-oracle"),
             split="validation",

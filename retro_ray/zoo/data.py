@@ -17,9 +17,16 @@ tokenizer encodes "prompt + action" as the prompt's tokens followed by the actio
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
+import multiprocessing
+import os
 import random
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tokenizers import Regex, pre_tokenizers
@@ -30,7 +37,7 @@ from retro_ray.agents.prompts import ParsedAction, actor_prompt
 from retro_ray.agents.reflectors import Reflection
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.config import ActorConfig, ReflectorConfig
-from retro_ray.envs.base import TextEnv, Trajectory
+from retro_ray.envs.base import Task, TextEnv, Trajectory
 from retro_ray.envs.benchmark import ScriptedActorEnv
 from retro_ray.envs.registry import make_env
 from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
@@ -168,61 +175,146 @@ def trial_sequences(steps: Sequence[tuple[str, int, str, str]], env: str) -> lis
 
 
 def task_options(recipe: Recipe, env_name: str, task_ids: Sequence[str]) -> list[dict[str, int]]:
-    """The difficulty knobs each task is played at: one draw per option of
-    ``recipe.option_values`` for the family (empty dicts, the defaults, when it names none). The
-    draws have a stream of their own, so recipes without ranges get exactly the data they had."""
+    """The difficulty knobs each task is played at: the family's fixed ``env_options``, then one
+    draw per option of its ``recipe.option_values`` (empty dicts, the defaults, when it names
+    neither). The draws have a stream of their own, so recipes without ranges get exactly the
+    data they had."""
     knobs = dict(recipe.option_values).get(env_name, ())
+    fixed = recipe.fixed_options(env_name)
     rng = random.Random(f"zoo|{recipe.seed}|{env_name}|options")
-    return [{option: rng.choice(values) for option, values in knobs} for _ in task_ids]
+    return [{**fixed, **{option: rng.choice(vs) for option, vs in knobs}} for _ in task_ids]
 
 
-async def _play_env(
-    recipe: Recipe, env_name: str
-) -> tuple[list[ActorSequence], list[ReflectionExample]]:
-    actor_cfg, reflector_cfg = ActorConfig(), ReflectorConfig()
-    probe = make_env(env_name)
+CHUNK_TASKS = 25
+"""Tasks per unit of parallel play: small enough to balance two workers, large enough that a
+worker's start-up (imports, a TextWorld engine) is paid rarely."""
+
+
+@dataclass(frozen=True)
+class PlayChunk:
+    """Tasks of one environment played with one reflection regime at one set of knobs."""
+
+    env: str
+    regime: str
+    knobs: tuple[tuple[str, int], ...]
+    tasks: tuple[Task, ...]
+
+
+def play_chunks(recipe: Recipe, env_name: str) -> list[PlayChunk]:
+    """The train tasks of ``env_name``, each with its drawn regime and knobs, grouped by both and
+    cut into chunks of at most ``CHUNK_TASKS``, in a fixed order."""
+    probe = make_env(env_name, recipe.fixed_options(env_name))
     tasks = probe.tasks("train", recipe.tasks_per_env, seed=recipe.seed)  # type: ignore[attr-defined]
     rng = random.Random(f"zoo|{recipe.seed}|{env_name}")
     options = task_options(recipe, env_name, [t.task_id for t in tasks])
-    groups: dict[tuple[str, tuple[tuple[str, int], ...]], list] = {}
+    groups: dict[tuple[str, tuple[tuple[str, int], ...]], list[Task]] = {}
     for task, knobs in zip(tasks, options, strict=True):
         regime = weighted_choice(recipe.actor_regimes, rng)
         groups.setdefault((regime, tuple(sorted(knobs.items()))), []).append(task)
-    sequences: list[ActorSequence] = []
-    reflections: list[ReflectionExample] = []
-    for (regime, knobs), group_tasks in sorted(groups.items()):
-        actor = RecordingActor(actor_cfg.instruction, actor_cfg.scratchpad_max_chars)
-        reflector = (
-            None
-            if regime == "none"
-            else RecordingReflector(regime, recipe.reflection_mix, reflector_cfg)
-        )
-        loop = TrialLoop(
-            env_factory=lambda knobs=knobs: make_env(env_name, dict(knobs)),
-            actor=actor,
-            reflector=reflector,
-            max_trials=1 if regime == "none" else recipe.max_trials,
-            seed=recipe.seed,
-        )
-        # One task at a time keeps each trial's steps contiguous in the recording.
-        await loop.run_tasks(group_tasks, concurrency=1)
-        sequences += trial_sequences(actor.steps, env_name)
-        if reflector is not None:
-            reflections += reflector.examples
-    return sequences, reflections
+    return [
+        PlayChunk(env_name, regime, knobs, tuple(group[i : i + CHUNK_TASKS]))
+        for (regime, knobs), group in sorted(groups.items())
+        for i in range(0, len(group), CHUNK_TASKS)
+    ]
 
 
-def generate_data(recipe: Recipe) -> ZooData:
-    """Demonstrations and reflection examples for every environment of ``recipe``."""
-    actor: list[ActorSequence] = []
-    reflections: list[ReflectionExample] = []
-    for env_name in recipe.envs:
-        sequences, examples = asyncio.run(_play_env(recipe, env_name))
-        actor += sequences
-        reflections += examples
+def play_chunk(
+    recipe: Recipe, chunk: PlayChunk
+) -> tuple[list[ActorSequence], list[ReflectionExample]]:
+    """Play a chunk's tasks through the trial loop, recording the actor and the reflections. Every
+    tie-break and reflection is seeded by the run seed and the task, so a chunk played alone (in a
+    worker process) records exactly what it would have in one long run."""
+    actor_cfg, reflector_cfg = ActorConfig(), ReflectorConfig()
+    actor = RecordingActor(actor_cfg.instruction, actor_cfg.scratchpad_max_chars)
+    reflector = (
+        None
+        if chunk.regime == "none"
+        else RecordingReflector(chunk.regime, recipe.reflection_mix, reflector_cfg)
+    )
+    loop = TrialLoop(
+        env_factory=lambda: make_env(chunk.env, dict(chunk.knobs)),
+        actor=actor,
+        reflector=reflector,
+        max_trials=1 if chunk.regime == "none" else recipe.max_trials,
+        seed=recipe.seed,
+    )
+    # One task at a time keeps each trial's steps contiguous in the recording.
+    asyncio.run(loop.run_tasks(list(chunk.tasks), concurrency=1))
+    return trial_sequences(actor.steps, chunk.env), reflector.examples if reflector else []
+
+
+class _Progress:
+    """``[zoo data] 120/600 tasks played, 2.9 tasks/s, ETA 2m45s`` about every tenth of the way."""
+
+    def __init__(self, total: int, log: Callable[[str], None] | None) -> None:
+        self.total, self.log, self.count = total, log, 0
+        self.start = time.monotonic()
+        self.next_report = max(1, total // 10)
+
+    def done(self, tasks: int) -> None:
+        self.count += tasks
+        if self.log is None or (self.count < self.next_report and self.count < self.total):
+            return
+        self.next_report = self.count + max(1, self.total // 10)
+        rate = self.count / max(time.monotonic() - self.start, 1e-9)
+        eta = (self.total - self.count) / rate
+        self.log(
+            f"[zoo data] {self.count}/{self.total} tasks played, {rate:.1f} tasks/s, "
+            f"ETA {int(eta // 60)}m{int(eta % 60):02d}s"
+        )
+
+
+def generate_data(
+    recipe: Recipe, workers: int = 1, log: Callable[[str], None] | None = None
+) -> ZooData:
+    """Demonstrations and reflection examples for every environment of ``recipe``, played by
+    ``workers`` processes (the same data for any number: chunks are joined in their order).
+    ``log`` gets a progress line about every tenth of the tasks."""
+    chunks = [chunk for env in recipe.envs for chunk in play_chunks(recipe, env)]
+    progress = _Progress(sum(len(c.tasks) for c in chunks), log)
+    if workers > 1 and len(chunks) > 1:
+        context = multiprocessing.get_context("spawn")  # the parent may hold torch's threads
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
+            results = pool.map(play_chunk, [recipe] * len(chunks), chunks)
+            played = []
+            for chunk, result in zip(chunks, results, strict=True):
+                played.append(result)
+                progress.done(len(chunk.tasks))
+    else:
+        played = []
+        for chunk in chunks:
+            played.append(play_chunk(recipe, chunk))
+            progress.done(len(chunk.tasks))
+    actor = [s for sequences, _ in played for s in sequences]
+    reflections = [e for _, examples in played for e in examples]
     seen: set[str] = set()
     unique = [s for s in actor if not (s.text in seen or seen.add(s.text))]
     return ZooData(unique, reflections)
+
+
+def cached_data(
+    recipe: Recipe, cache: Path, workers: int = 1, log: Callable[[str], None] | None = None
+) -> tuple[ZooData, bool]:
+    """:func:`generate_data`, kept in ``cache`` under the recipe's data key, so that a rebuild
+    with another model or schedule (and any build after an interrupted one) does not replay the
+    games. Returns the data and whether it came from the cache."""
+    path = cache / f"{recipe.name}-{recipe.data_digest()}.json"
+    if path.is_file():
+        raw = json.loads(path.read_text())
+        actor = [
+            ActorSequence(s["text"], [tuple(x) for x in s["spans"]], s["env"]) for s in raw["actor"]
+        ]
+        return ZooData(actor, [ReflectionExample(**e) for e in raw["reflections"]]), True
+    data = generate_data(recipe, workers, log)
+    cache.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "actor": [dataclasses.asdict(s) for s in data.actor],
+        "reflections": [dataclasses.asdict(e) for e in data.reflections],
+    }
+    staging = path.with_suffix(f".{os.getpid()}.tmp")
+    staging.write_text(json.dumps(payload))
+    staging.replace(path)
+    return data, False
 
 
 # GPT-2's byte-level split, plus one rule first: "> " (the actor's action cue) is a piece of its own.

@@ -15,13 +15,24 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
-from retro_ray.envs.registry import make_env
+from retro_ray.envs.registry import get_spec, make_env
 
 ZOO_CODE_VERSION = 2
 """Bumped whenever the build code changes what a recipe produces (data, loss, tokenizer corpus):
 it is part of the cache key, so a stale cache entry is never mistaken for a current one."""
 
 ENVS: tuple[str, ...] = ("lookup", "household", "shop")
+
+
+def has_scripted_actor(env: str) -> bool:
+    """Whether the registered environment ``env`` is a ``ScriptedActorEnv`` (the zoo's teacher)."""
+    from retro_ray.envs.benchmark import ScriptedActorEnv
+
+    try:
+        factory = get_spec(env).factory
+    except ValueError:
+        return False
+    return isinstance(factory, type) and issubclass(factory, ScriptedActorEnv)
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,10 @@ class Recipe:
     ``env.options``, the values one is drawn from (uniformly, once per task), e.g.
     ``(("shop", (("n_items", (5, 6)),)),)``. Families and options left out keep their defaults,
     so an actor trained on the defaults alone never saw a sixth item (and never clicked one)."""
+    env_options: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    """Knobs fixed for every play of a family, in the data, the ability check and ``zoo eval``
+    (which a user's ``--option`` overrides), e.g. ``(("alfworld", (("max_steps", 12),)),)``.
+    ``option_values`` draws are applied on top of them."""
     max_trials: int = 3
     """Trials per task in the data runs (the evaluation's default, too)."""
     actor_regimes: tuple[tuple[str, float], ...] = (
@@ -155,9 +170,14 @@ class Recipe:
         """The recipe as plain data; ``option_values`` only when it names any, so a recipe
         without ranges keeps the cache key it had before ranges existed."""
         data = dataclasses.asdict(self)
-        if not self.option_values:
-            del data["option_values"]
+        for optional in ("option_values", "env_options"):
+            if not data[optional]:
+                del data[optional]
         return data
+
+    def fixed_options(self, env: str) -> dict[str, int]:
+        """The knobs ``env_options`` fixes for ``env`` (empty when it names none)."""
+        return dict(dict(self.env_options).get(env, ()))
 
     def digest(self) -> str:
         """12 hex digits of SHA-256 over the recipe and ``ZOO_CODE_VERSION``: the cache key."""
@@ -166,14 +186,25 @@ class Recipe:
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
+    def data_digest(self) -> str:
+        """12 hex digits over what decides the zoo's data (the environments, their tasks and
+        knobs, the regimes and reflections, the seed), not the models: the data cache's key."""
+        data = {k: v for k, v in self.to_dict().items() if k in DATA_FIELDS}
+        payload = json.dumps({"code_version": ZOO_CODE_VERSION, "data": data}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
     @property
     def key(self) -> str:
         return f"{self.name}-{self.digest()}"
 
     def validate(self) -> Recipe:
         for env in self.envs:
-            if env not in ENVS:
-                raise ValueError(f"recipe env {env!r} is not a built-in one ({', '.join(ENVS)})")
+            if not has_scripted_actor(env):
+                raise ValueError(
+                    f"recipe env {env!r} has no scripted actor to learn from; the zoo learns "
+                    "from environments that are ScriptedActorEnvs (the built-in families, "
+                    "hotpotqa, alfworld)"
+                )
         for label, weights in (
             ("actor_regimes", self.actor_regimes),
             ("reflection_mix", self.reflection_mix),
@@ -183,6 +214,10 @@ class Recipe:
         for env in self.ability_check.envs:
             if env not in self.envs:
                 raise ValueError(f"ability_check env {env!r} is not one of the recipe's envs")
+        for env, fixed in self.env_options:
+            if env not in self.envs:
+                raise ValueError(f"env_options env {env!r} is not one of the recipe's envs")
+            make_env(env, dict(fixed))
         for env, knobs in self.option_values:
             if env not in self.envs:
                 raise ValueError(f"option_values env {env!r} is not one of the recipe's envs")
@@ -190,12 +225,26 @@ class Recipe:
                 if not values:
                     raise ValueError(f"option_values {env}.{option} needs at least one value")
                 for value in values:  # every value must make a valid environment
-                    make_env(env, {option: value})
+                    make_env(env, {**self.fixed_options(env), option: value})
         shape = self.model
         if shape.hidden_size % shape.num_heads or shape.hidden_size // shape.num_heads < 64:
             raise ValueError(f"model shape {shape}: head_dim must be an integer >= 64")
         return self
 
+
+DATA_FIELDS = frozenset(
+    {
+        "envs",
+        "tasks_per_env",
+        "option_values",
+        "env_options",
+        "max_trials",
+        "actor_regimes",
+        "reflection_mix",
+        "seed",
+    }
+)
+"""The recipe's fields that decide its data (see ``Recipe.data_digest``)."""
 
 TINY = Recipe(
     name="tiny",
@@ -244,11 +293,30 @@ oracle's gain one step harder is now +0.40 at 8 containers, +0.44 at 5 sizes, +0
 and +0.70 at 2 hops, but still none at 4 lookup candidates; the build used all 5 extra rounds
 (26,000 steps) and warns that lookup and household stay under the check's 0.5 on validation."""
 
+ALFWORLD = Recipe(
+    name="alfworld",
+    envs=("alfworld",),
+    tasks_per_env=600,
+    env_options=(("alfworld", (("max_steps", 12),)),),
+    vocab_size=1024,
+    model=ModelShape(max_positions=1024),
+    actor_sft=SFTSchedule(steps=3000),
+    ability_check=AbilityCheck(envs=("alfworld",), tasks=30, extra_steps=1500, max_rounds=2),
+)
+"""An actor and a retrospective base for ALFWorld, trained on ALFWorld's train games only (the
+134 ``valid_unseen`` games are the test split; the ability check plays train games the hash
+puts in validation). Trials are limited to 12 steps, where the scripted actor's search without
+advice wins 0.43 of train games and the trajectory oracle's advice 0.90 (``docs/benchmarks.md``):
+at ALFWorld's usual 50 the search alone wins nearly all, and no reflection could matter. A trial
+of 12 steps is about 600 tokens, hence 1024 positions. Needs ALFWorld's data
+(``retro-ray data fetch alfworld``)."""
+
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(),
     "tiny": TINY,
     "families": FAMILIES,
     "families_range": FAMILIES_RANGE,
+    "alfworld": ALFWORLD,
 }
 
 
