@@ -125,7 +125,7 @@ def build_zoo(
 def default_threads() -> int:
     """Two torch threads where the machine has two cores, else one. Measured on a 2-core machine
     (actor SFT steps of the default recipe, interleaved): 9.4 steps/s with two threads against 6.0
-    with one on an otherwise idle machine, 8.2 against 6.3 beside a ``nice``-d busy process (the
+    with one on an otherwise idle machine (8.4 against 5.6 in a later run, the README's figure), 8.2 against 6.3 beside a ``nice``-d busy process (the
     demo's background byte-compiling); but 2.5 against 5.8 beside a busy process of normal
     priority, where OpenMP threads spin-wait for the core the other process holds. A build that
     shares the machine with other work (a Ray cluster collecting, an engine) should pass

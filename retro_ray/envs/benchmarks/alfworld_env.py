@@ -100,6 +100,7 @@ class AlfworldOptions:
 # ---- the TextWorld engines, loaded lazily and pooled ----------------------------------------
 
 _IDLE_ENGINES: list[Any] = []
+_ENGINES_MADE = 0
 _POOL_LOCK = threading.Lock()
 _PLAY_LOCK = threading.Lock()
 """Held by every reset and step when the trial loop runs them in threads (``io_lock``): the PDDL
@@ -128,7 +129,12 @@ def _engine(path: Path) -> Any:
         engine.load(str(path))
         return engine
     infos = textworld.EnvInfos(won=True, admissible_commands=True)
-    return textworld.start(str(path), infos, wrappers=[demangler(shuffle=False)])
+    engine = textworld.start(str(path), infos, wrappers=[demangler(shuffle=False)])
+    global _ENGINES_MADE
+    with _POOL_LOCK:
+        _ENGINES_MADE += 1
+        textworld_speedups.keep_games(_ENGINES_MADE)  # every game in play keeps its translation
+    return engine
 
 
 @contextmanager

@@ -10,12 +10,14 @@ that TextWorld redoes with identical inputs:
   admissible action (dozens a step), and the condition of every rule tried, each parsed anew
   from the same few hundred strings.
 
-:func:`install` puts a cache in front of those three functions. Parsed templates are copied on the
-way out (TextWorld attaches a context to each symbol it derives); conditions are returned as they
-are (TextWorld only reads them); translations are kept for the last few games only (they are
-large), which still spares every reset after a game's first load. Observations, admissible
-commands, rewards and the replanner's walkthroughs are unchanged: ``tests/test_alfworld.py``
-plays games with and without the caches and compares every observation.
+:func:`install` caches the translations and the parsed templates and conditions, and replaces
+TextWorld's deep copy of a derivation's context with a shallow one. Parsed templates are copied on
+the way out (TextWorld attaches a context to each symbol it derives); conditions are returned as
+they are (TextWorld only reads them); translations are kept for the last 64 games, or for as many
+as there are TextWorld engines to play them (they are large), which spares every reset after a
+game's first load. Observations, admissible commands and rewards are unchanged:
+``tests/test_alfworld.py`` plays games with and without the caches and compares every
+observation.
 """
 
 from __future__ import annotations
@@ -27,11 +29,26 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-TRANSLATIONS_KEPT = 8
-"""Games whose fast-downward translations stay cached (most recently used first)."""
+TRANSLATIONS_KEPT = 64
+"""Games whose fast-downward translations stay cached at least (more when more TextWorld engines
+are in play at once: ``keep_games``), least recently used dropped first. A
+game's two translations hold about 1.5 MB (pickled; 8 MB traced for two games with their engine
+state): 64 games cost a process 100 to 250 MB, and cover the games an evaluation plays at once,
+each under several agents."""
 
 _LOCK = threading.Lock()
 _ORIGINALS: dict[str, Callable[..., Any]] = {}
+_games_kept = TRANSLATIONS_KEPT
+
+
+def keep_games(games: int) -> None:
+    """Keep the translations of at least ``games`` games: the environment calls this with the
+    number of TextWorld engines it has made, the games that can be in play at once. With fewer
+    kept, an evaluation of 3 agents x 32 tasks in flight evicted every game between two of its
+    trials and translated it again on each reset (92% of the CPU in a profile)."""
+    global _games_kept
+    with _LOCK:
+        _games_kept = max(_games_kept, games)
 
 
 def _cached_templates(parse: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,7 +77,7 @@ def _cached_translation(pddl2sas: Callable[..., Any]) -> Callable[..., Any]:
         result = pddl2sas(domain, problem, verbose=verbose, optimize=optimize)
         with _LOCK:
             cache[key] = result
-            while len(cache) > 2 * TRANSLATIONS_KEPT:  # two translations a game
+            while len(cache) > 2 * _games_kept:  # two translations a game
                 cache.popitem(last=False)
         return result
 
