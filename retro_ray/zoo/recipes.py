@@ -318,8 +318,9 @@ reflection 0.03, where the scripted actor it imitates wins 0.43 without advice. 
 scripted actor's trials on 12 validation games, the actor chose the same action at 78% of the
 steps; nearly every miss is a number copied wrong (``go to drawer 4`` for ``drawer 2``, ``move
 toiletpaper 3 to drawer 8``), and with ten steps to get right a game is rarely won. The shape
-that copies names from 200-token prompts does not copy numbered receptacles from 600-token ones:
-a deeper model is the next step to measure."""
+that copies names from 200-token prompts does not copy numbered receptacles from 600-token ones;
+a 4-layer model (1400 steps, the same cached data) agreed at the same 78%, with the same misses.
+Next to measure: receptacle names that tokenize as one piece, or a longer schedule."""
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(),
