@@ -76,13 +76,12 @@ def _zoo_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def family_options(items: list[str], recipe: Recipe | None = None) -> dict[str, dict[str, Any]]:
+def family_options(items: list[str], recipe: Recipe) -> dict[str, dict[str, Any]]:
     """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}`` over the
     recipe's fixed ``env_options``, each family's options checked by the config loader before any
     model is built or loaded."""
     from retro_ray.zoo.advice import family_config
 
-    recipe = recipe or RECIPES["default"]
     options: dict[str, dict[str, Any]] = {e: recipe.fixed_options(e) for e in recipe.envs}
     for item in items:
         name, sep, value = item.partition("=")

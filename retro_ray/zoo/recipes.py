@@ -24,6 +24,12 @@ it is part of the cache key, so a stale cache entry is never mistaken for a curr
 ENVS: tuple[str, ...] = ("lookup", "household", "shop")
 
 
+def _versioned_hash(label: str, content: dict) -> str:
+    """12 hex digits of SHA-256 over ``content`` (under ``label``) and ``ZOO_CODE_VERSION``."""
+    payload = json.dumps({"code_version": ZOO_CODE_VERSION, label: content}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
 def has_scripted_actor(env: str) -> bool:
     """Whether the registered environment ``env`` is a ``ScriptedActorEnv`` (the zoo's teacher)."""
     from retro_ray.envs.benchmark import ScriptedActorEnv
@@ -167,8 +173,8 @@ class Recipe:
     """Seed of task regimes, reflection draws, model init and batch order."""
 
     def to_dict(self) -> dict:
-        """The recipe as plain data; ``option_values`` only when it names any, so a recipe
-        without ranges keeps the cache key it had before ranges existed."""
+        """The recipe as plain data; ``option_values`` and ``env_options`` only when they name
+        any, so a recipe without them keeps the cache key it had before they existed."""
         data = dataclasses.asdict(self)
         for optional in ("option_values", "env_options"):
             if not data[optional]:
@@ -181,17 +187,14 @@ class Recipe:
 
     def digest(self) -> str:
         """12 hex digits of SHA-256 over the recipe and ``ZOO_CODE_VERSION``: the cache key."""
-        payload = json.dumps(
-            {"code_version": ZOO_CODE_VERSION, "recipe": self.to_dict()}, sort_keys=True
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return _versioned_hash("recipe", self.to_dict())
 
     def data_digest(self) -> str:
         """12 hex digits over what decides the zoo's data (the environments, their tasks and
         knobs, the regimes and reflections, the seed), not the models: the data cache's key."""
-        data = {k: v for k, v in self.to_dict().items() if k in DATA_FIELDS}
-        payload = json.dumps({"code_version": ZOO_CODE_VERSION, "data": data}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+        return _versioned_hash(
+            "data", {k: v for k, v in self.to_dict().items() if k in DATA_FIELDS}
+        )
 
     @property
     def key(self) -> str:
