@@ -283,6 +283,33 @@ def test_advice_reads_back_what_the_reflectors_write() -> None:
     assert read_advice(["No mug at: desk 2. I saw mug 1 at bed 1."], goal) == read_advice([], goal)
 
 
+def test_scripted_actor_examines_a_place_that_shares_its_spot() -> None:
+    """ALFWorld ignores a walk to a receptacle that stands where the actor stands (cabinets 22
+    and 23 of a kitchen): the scripted actor examines it instead of walking there again, and
+    takes the object it finds there."""
+    from retro_ray.envs.benchmarks.alfworld_play import ScriptedPlay
+    from retro_ray.envs.benchmarks.alfworld_reflect import Advice, Goal, read_trajectory
+
+    room = LAMP_ROOM.replace("a bed 1, a desk 2", "a cabinet 23, a cabinet 22, a bed 1, a desk 2")
+    goal = Goal.from_task_text(room)
+    steps = [
+        ("go to cabinet 23", "You arrive at cabinet 23. On the cabinet 23, you see a mug 2."),
+        ("go to cabinet 22", "Nothing happens."),
+    ]
+
+    def next_action(played: list[tuple[str, str]]) -> str:
+        trial = Trajectory(LAMP_TASK, 0, room, [Step(a, o, 0.0) for a, o in played])
+        play = ScriptedPlay(goal, read_trajectory(trial, 12), Advice(), [a for a, _ in played],
+                            random.Random(0))  # fmt: skip
+        return play.next_action()
+
+    assert next_action(steps) == "examine cabinet 22"
+    looked = [*steps, ("examine cabinet 22", "On the cabinet 22, you see a cd 1.")]
+    assert next_action(looked) == "take cd 1 from cabinet 22"
+    empty = [*steps, ("examine cabinet 22", "On the cabinet 22, you see nothing.")]
+    assert next_action(empty) not in {"go to cabinet 22", "go to cabinet 23", "examine cabinet 22"}
+
+
 def test_misleading_reflection_turns_the_facts_around() -> None:
     """Said in the oracle's sentences, every fact wrong: the cd "seen" where the trial found
     none, the unsearched places (and where the cd really was) ruled out, the searched places
@@ -460,7 +487,7 @@ def test_command_line_plays_alfworld(cache: Path, capsys, tmp_path: Path, monkey
 
 _NAME = r"[a-z]+ \d+"
 COMMAND = re.compile(
-    rf"^(?:look|go to {_NAME}|open {_NAME}|take {_NAME} from {_NAME}|move {_NAME} to {_NAME}"
+    rf"^(?:look|go to {_NAME}|open {_NAME}|examine {_NAME}|take {_NAME} from {_NAME}|move {_NAME} to {_NAME}"
     rf"|(?:heat|cool|clean) {_NAME} with {_NAME}|use {_NAME})$"
 )
 """The game's command forms the scripted actor may write."""

@@ -299,3 +299,55 @@ def test_data_is_the_same_from_any_number_of_processes_and_cached(tmp_path) -> N
     again, hit = cached_data(recipe, tmp_path, workers=1)
     assert hit and again == data
     assert [p.name for p in tmp_path.iterdir()] == [f"tiny-{recipe.data_digest()}.json"]
+
+
+def test_slips_stay_context_and_the_scripted_actor_plays_on() -> None:
+    """With ``action_slips``, some steps play the scripted action with a number changed; those
+    actions are in the text but not among the targets, and the trial goes on after them. Recipes
+    without slips keep their cache keys and every action as a target."""
+    from retro_ray.zoo.data import slip
+
+    assert slip("look", random.Random(0)) is None
+    assert slip("move mug 3 to drawer 8", random.Random(0)) != "move mug 3 to drawer 8"
+    assert "action_slips" not in TINY.to_dict() and "numbered_names" not in TINY.to_dict()
+    clean = dataclasses.replace(TINY, envs=("household",), tasks_per_env=12).validate()
+    slipping = dataclasses.replace(clean, action_slips=0.3).validate()
+    assert slipping.data_digest() != clean.data_digest()
+
+    def untargeted_actions(sequence) -> list[tuple[str, str]]:
+        targets = {lo for lo, _ in sequence.spans}
+        out = []
+        for cue in re.finditer(r"\n> ", sequence.text):
+            start = cue.end()
+            if start not in targets:
+                action, after = sequence.text[start:].split("\n", 2)[:2]
+                out.append((action, after))
+        return out
+
+    assert not any(untargeted_actions(s) for s in generate_data(clean).actor)
+    slips = [found for s in generate_data(slipping).actor for found in untargeted_actions(s)]
+    assert len(slips) >= 5
+    assert all(re.search(r"\d", action) for action, _ in slips)
+    assert sum("There is no" in after for _, after in slips) >= 2  # the game's answer, then on
+    with pytest.raises(ValueError, match="action_slips"):
+        dataclasses.replace(TINY, action_slips=1.0).validate()
+
+
+def test_numbered_names_are_one_token_and_keep_the_prompt_boundary() -> None:
+    """With ``numbered_names``, "safe 2" is one token where BPE merged it, and a prompt still
+    encodes to a prefix of its prompt plus action."""
+    from retro_ray.zoo.data import piece_split, train_prompt_tokenizer
+
+    text = "> go to drawer 12\nYou see a mug 3, and 2 of them."
+    pieces = [p for p, _ in piece_split(True).pre_tokenize_str(text)]
+    assert pieces[:4] == ["> ", "go", " to", " drawer 12"] and " mug 3" in pieces
+    recipe = dataclasses.replace(TINY, envs=("household",), tasks_per_env=24)
+    data = generate_data(recipe)
+    tokenizer = train_prompt_tokenizer(data, 1024, numbered_names=True)
+    assert len(tokenizer.tokenize(" safe 2")) == 1
+    assert len(train_prompt_tokenizer(data, 1024).tokenize(" safe 2")) == 2
+    for sequence in data.actor:
+        full = tokenizer(sequence.text)["input_ids"]
+        for start, _ in sequence.spans:
+            prompt_ids = tokenizer(sequence.text[:start])["input_ids"]
+            assert full[: len(prompt_ids)] == prompt_ids

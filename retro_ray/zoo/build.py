@@ -162,7 +162,7 @@ def _build_into(
     lap("data")
     if data_hit:
         log("[zoo data] found in the data cache: no game replayed")
-    tokenizer = train_prompt_tokenizer(data, recipe.vocab_size)
+    tokenizer = train_prompt_tokenizer(data, recipe.vocab_size, recipe.numbered_names)
     lap("tokenizer")
     log(
         f"[zoo data] {len(data.actor)} actor sequences, {len(data.reflections)} reflections, vocabulary {len(tokenizer)}"

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -106,14 +107,42 @@ class FirstChoice(random.Random):
         return seq[0]
 
 
+_NUMBER = re.compile(r"\d+")
+
+
+def slip(action: str, rng: random.Random) -> str | None:
+    """``action`` with one of its numbers changed to another small number (``go to drawer 4``
+    for ``go to drawer 2``), or None when it holds no number."""
+    numbers = list(_NUMBER.finditer(action))
+    if not numbers:
+        return None
+    picked = rng.choice(numbers)
+    right = int(picked.group())
+    wrong = rng.choice([n for n in range(1, max(right, 3) + 3) if n != right])
+    return f"{action[: picked.start()]}{wrong}{action[picked.end() :]}"
+
+
+@dataclass(frozen=True)
+class RecordedStep:
+    task_id: str
+    trial: int
+    prompt: str
+    action: str
+    target: bool = True
+    """False for a slip: kept in the trial as context, never learned as an action."""
+
+
 class RecordingActor:
     """The environment's scripted actor with :class:`FirstChoice` tie-breaks, recording each
-    (prompt, action) exactly as the LLM actor would see it."""
+    (prompt, action) exactly as the LLM actor would see it. With ``slips`` > 0, that share of
+    the steps plays a :func:`slip` of the scripted action instead (seeded by the trial and the
+    step), so the demonstrations show the actor recovering from a mistake."""
 
-    def __init__(self, instruction: str, scratchpad_max_chars: int) -> None:
+    def __init__(self, instruction: str, scratchpad_max_chars: int, slips: float = 0.0) -> None:
         self.instruction = instruction
         self.scratchpad_max_chars = scratchpad_max_chars
-        self.steps: list[tuple[str, int, str, str]] = []  # (task id, trial, prompt, action)
+        self.slips = slips
+        self.steps: list[RecordedStep] = []
 
     async def act(
         self, env: TextEnv, trajectory: Trajectory, reflections: Sequence[str], seed: str
@@ -121,7 +150,13 @@ class RecordingActor:
         assert isinstance(env, ScriptedActorEnv)
         action = env.scripted_action(reflections, FirstChoice())
         prompt = actor_prompt(self.instruction, trajectory, reflections, self.scratchpad_max_chars)
-        self.steps.append((trajectory.task.task_id, trajectory.trial, prompt, action))
+        target = True
+        if self.slips:
+            rng = random.Random(f"{seed}|{trajectory.trial}|{len(trajectory.steps)}|slip")
+            if rng.random() < self.slips and (slipped := slip(action, rng)) is not None:
+                action, target = slipped, False
+        task_id = trajectory.task.task_id
+        self.steps.append(RecordedStep(task_id, trajectory.trial, prompt, action, target))
         return ActorTurn(ParsedAction("action", action))
 
 
@@ -157,21 +192,24 @@ class RecordingReflector:
         return Reflection(clean_reflection(text, self.cfg.max_chars), prompt)
 
 
-def trial_sequences(steps: Sequence[tuple[str, int, str, str]], env: str) -> list[ActorSequence]:
+def trial_sequences(steps: Sequence[RecordedStep], env: str) -> list[ActorSequence]:
     """Chain each trial's steps into sequences: a step extends the current sequence when its
-    prompt starts with it (always, unless the scratchpad was truncated: then a new one starts)."""
+    prompt starts with it (always, unless the scratchpad was truncated: then a new one starts).
+    A slip extends the text without a span; a sequence of slips alone is dropped."""
     out: list[ActorSequence] = []
     current: ActorSequence | None = None
     last_key = None
-    for task_id, trial, prompt, action in steps:
-        if current is None or (task_id, trial) != last_key or not prompt.startswith(current.text):
+    for step in steps:
+        key = (step.task_id, step.trial)
+        if current is None or key != last_key or not step.prompt.startswith(current.text):
             current = ActorSequence(text="", env=env)
             out.append(current)
-        last_key = (task_id, trial)
-        start = len(prompt)
-        current.text = prompt + action + "\n"
-        current.spans.append((start, len(current.text)))
-    return out
+        last_key = key
+        start = len(step.prompt)
+        current.text = step.prompt + step.action + "\n"
+        if step.target:
+            current.spans.append((start, len(current.text)))
+    return [s for s in out if s.spans]
 
 
 def task_options(recipe: Recipe, env_name: str, task_ids: Sequence[str]) -> list[dict[str, int]]:
@@ -225,7 +263,9 @@ def play_chunk(
     tie-break and reflection is seeded by the run seed and the task, so a chunk played alone (in a
     worker process) records exactly what it would have in one long run."""
     actor_cfg, reflector_cfg = ActorConfig(), ReflectorConfig()
-    actor = RecordingActor(actor_cfg.instruction, actor_cfg.scratchpad_max_chars)
+    actor = RecordingActor(
+        actor_cfg.instruction, actor_cfg.scratchpad_max_chars, recipe.action_slips
+    )
     reflector = (
         None
         if chunk.regime == "none"
@@ -318,10 +358,18 @@ def cached_data(
 
 
 # GPT-2's byte-level split, plus one rule first: "> " (the actor's action cue) is a piece of its own.
-PIECES = Regex(r"> |'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+")
+PIECES = r"> |'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+# With numbered names, a word and the number after it ("drawer 2") come before the word alone.
+NUMBERED_NAME = r" ?\p{L}+ \p{N}+(?![\p{L}\p{N}])|"
 
 
-def prompt_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
+def piece_split(numbered_names: bool = False) -> pre_tokenizers.PreTokenizer:
+    """The split into pieces, before bytes are mapped (see :func:`prompt_pre_tokenizer`)."""
+    pattern = (NUMBERED_NAME if numbered_names else "") + PIECES
+    return pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+
+
+def prompt_pre_tokenizer(numbered_names: bool = False) -> pre_tokenizers.PreTokenizer:
     """Byte-level pre-tokenization that keeps every prompt/completion boundary a piece boundary.
 
     GPT-2's split glues a space to the word after it: "> Search" is ">", " Search". But the actor
@@ -330,30 +378,33 @@ def prompt_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
     of its own, the encoding of prompt + completion is the prompt's encoding followed by the
     completion's (the reflection prompt ends in ":" and its completion starts with a space, a
     boundary GPT-2's split already keeps). Names keep their leading space, so a surname copied from
-    an observation is the very token the observation holds."""
+    an observation is the very token the observation holds; with ``numbered_names`` so does a
+    numbered one (" drawer 2")."""
     return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(PIECES, behavior="isolated"),
+            piece_split(numbered_names),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
 
 
-def train_prompt_tokenizer(data: ZooData, vocab_size: int) -> PreTrainedTokenizerFast:
+def train_prompt_tokenizer(
+    data: ZooData, vocab_size: int, numbered_names: bool = False
+) -> PreTrainedTokenizerFast:
     """``zoo.models.train_tokenizer`` on the data's pieces, then :func:`prompt_pre_tokenizer`.
 
     Fed one piece at a time, BPE learns merges inside pieces only, exactly the merges the new
     pre-tokenizer can apply."""
-    split = prompt_pre_tokenizer()
+    split = piece_split(numbered_names)
 
     def pieces() -> Iterator[str]:
         texts = [s.text for s in data.actor] + [e.prompt + e.target for e in data.reflections]
         for text in texts:
-            for piece, _ in pre_tokenizers.Split(PIECES, behavior="isolated").pre_tokenize_str(
-                text
-            ):
+            for piece, _ in split.pre_tokenize_str(text):
                 yield piece
 
-    tokenizer = train_tokenizer(pieces(), vocab_size)
-    tokenizer.backend_tokenizer.pre_tokenizer = split
+    # The default split is GPT-2's with one piece more, so training may split again by GPT-2's
+    # rule (as the caches' tokenizers were made); a numbered name must stay whole.
+    tokenizer = train_tokenizer(pieces(), vocab_size, split_words=not numbered_names)
+    tokenizer.backend_tokenizer.pre_tokenizer = prompt_pre_tokenizer(numbered_names)
     return tokenizer

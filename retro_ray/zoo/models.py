@@ -36,8 +36,11 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE tokenizer on ``texts``.
+def train_tokenizer(
+    texts: Iterable[str], vocab_size: int, split_words: bool = True
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer on ``texts``, split into GPT-2's pieces first unless
+    ``split_words`` is False (texts that are pieces already, of another split).
 
     Byte-level means any string encodes (no unknown token) and decoding is lossless, so the text
     the engine returns is exactly what the tokens spell. The tokenizer prepends ``<bos>`` to every
@@ -46,7 +49,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenize
     if vocab_size < len(SPECIAL_TOKENS) + 256:
         raise ValueError(f"vocab_size {vocab_size} is below the 256 bytes plus special tokens")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=split_words)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -151,6 +151,17 @@ class Recipe:
     """Kinds of the retrospective base's training targets: informative, useless and wrong, so
     that its samples at temperature 1 vary in quality and a policy gradient has something to
     select."""
+    action_slips: float = 0.0
+    """Chance that a step of the demonstrations plays a slip instead of the scripted action: the
+    action with one of its numbers changed (``go to drawer 4`` for ``drawer 2``), the mistake a
+    small model makes. The slip stays in the trial as context, never as a target, and the scripted
+    actor plays on from where it led (after "Nothing happens.", or at the wrong place). An actor
+    trained on flawless play alone has never seen a trial recover: after its first mistake it
+    repeats the ignored command to the step limit. Actions without a number never slip."""
+    numbered_names: bool = False
+    """Tokenize a word and the number after it (``drawer 2``, ``toiletpaper 3``) as one piece, so
+    that BPE can give each numbered name a token of its own: the actor copies a name as one token
+    instead of finding the one number that counts among dozens in its prompt."""
     vocab_size: int = 1024
     """BPE vocabulary (256 bytes, 3 special tokens, merges). The environments use a few hundred
     distinct words, each with and without a leading space, so nearly every word becomes one
@@ -173,11 +184,12 @@ class Recipe:
     """Seed of task regimes, reflection draws, model init and batch order."""
 
     def to_dict(self) -> dict:
-        """The recipe as plain data; ``option_values`` and ``env_options`` only when they name
-        any, so a recipe without them keeps the cache key it had before they existed."""
+        """The recipe as plain data; the fields of ``OPTIONAL_FIELDS`` only when they differ from
+        their default, so a recipe that leaves them keeps the cache key it had before they
+        existed."""
         data = dataclasses.asdict(self)
-        for optional in ("option_values", "env_options"):
-            if not data[optional]:
+        for optional, default in OPTIONAL_FIELDS.items():
+            if data[optional] == default:
                 del data[optional]
         return data
 
@@ -229,11 +241,22 @@ class Recipe:
                     raise ValueError(f"option_values {env}.{option} needs at least one value")
                 for value in values:  # every value must make a valid environment
                     make_env(env, {**self.fixed_options(env), option: value})
+        if not 0.0 <= self.action_slips < 1.0:
+            raise ValueError(f"recipe action_slips {self.action_slips}: give a chance in [0, 1)")
         shape = self.model
         if shape.hidden_size % shape.num_heads or shape.hidden_size // shape.num_heads < 64:
             raise ValueError(f"model shape {shape}: head_dim must be an integer >= 64")
         return self
 
+
+OPTIONAL_FIELDS: dict[str, object] = {
+    "option_values": (),
+    "env_options": (),
+    "action_slips": 0.0,
+    "numbered_names": False,
+}
+"""Fields added after the first recipes were cached, with the default that leaves them out of
+the cache key."""
 
 DATA_FIELDS = frozenset(
     {
@@ -241,6 +264,7 @@ DATA_FIELDS = frozenset(
         "tasks_per_env",
         "option_values",
         "env_options",
+        "action_slips",
         "max_trials",
         "actor_regimes",
         "reflection_mix",
@@ -301,10 +325,12 @@ ALFWORLD = Recipe(
     envs=("alfworld",),
     tasks_per_env=600,
     env_options=(("alfworld", (("max_steps", 12),)),),
-    vocab_size=1024,
+    action_slips=0.1,
+    numbered_names=True,
+    vocab_size=2048,
     model=ModelShape(max_positions=1024),
-    actor_sft=SFTSchedule(steps=3000),
-    ability_check=AbilityCheck(envs=("alfworld",), tasks=30, extra_steps=1500, max_rounds=2),
+    actor_sft=SFTSchedule(steps=2000),
+    ability_check=AbilityCheck(envs=("alfworld",), tasks=30, extra_steps=1000, max_rounds=2),
 )
 """An actor and a retrospective base for ALFWorld, trained on ALFWorld's train games only (the
 134 ``valid_unseen`` games are the test split; the ability check plays train games the hash

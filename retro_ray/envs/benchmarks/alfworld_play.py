@@ -29,9 +29,10 @@ class ScriptedPlay:
        second object of a pick-two task goes where the first went), or, for a look-at task, to the
        lamp (where this trial saw it, else where the advice says) and switch it on.
     3. Not holding it: take it where this trial sees it; open a closed place just arrived at;
-       go back to a place this trial saw it; otherwise search: first the places the advice says
-       hold it, then those it calls unsearched, then every place not yet visited that it does
-       not rule out, then the ruled-out ones.
+       examine a place that shares the actor's spot (the game ignores a walk to it: cabinets 22
+       and 23 of a kitchen may stand together); go back to a place this trial saw it; otherwise
+       search: first the places the advice says hold it, then those it calls unsearched, then
+       every place not yet looked at that it does not rule out, then the ruled-out ones.
 
     Ties are broken with ``rng`` (seeded by the task and the reflections, so with no reflection
     every trial makes the same choices): with no advice the search order is a fixed shuffle of
@@ -66,6 +67,8 @@ class ScriptedPlay:
             return f"take {wanted[here][0]} from {here}"
         if here in self.seen.closed:
             return f"open {here}"
+        if here and here not in self.seen.contents and f"examine {here}" not in self.actions:
+            return f"examine {here}"  # a place that shares this spot, not yet looked at
         if wanted:
             return f"go to {self.rng.choice(list(wanted))}"
         return self._search(self.advice.object_at, self.advice.ruled_out)
@@ -90,10 +93,11 @@ class ScriptedPlay:
 
     def _search(self, advised: Sequence[str], ruled_out: frozenset[str]) -> str:
         """Go to the next place to look, by the tiers of rule 3."""
-        visited, room = set(self.seen.visited), self.seen.room
-        fresh = [p for p in room if p not in visited]
+        looked = set(self.seen.visited) | set(self.seen.contents)
+        room = self.seen.room
+        fresh = [p for p in room if p not in looked]
         tiers = (
-            [p for p in advised if p not in visited],
+            [p for p in advised if p not in looked],
             [p for p in self.advice.unsearched if p in fresh and p not in ruled_out],
             [p for p in fresh if p not in ruled_out],
             fresh,

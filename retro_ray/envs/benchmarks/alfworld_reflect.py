@@ -146,6 +146,11 @@ def _read_observation(found: Findings, action: str, observation: str) -> None:
     """Fold one game answer into ``found``."""
     if observation.startswith(NOTHING):
         found.ignored.append(action)
+        walk = action.removeprefix("go to ")
+        if walk != action and walk in found.room:
+            # The game ignores a walk to the spot the actor stands at, and some receptacles
+            # share one (cabinets 22 and 23 of a kitchen): the actor is at that place too.
+            found.at = walk
     if arrive := _ARRIVE.match(observation):
         found.visited.append(arrive.group(1))
         if observation.startswith("You arrive at"):
