@@ -351,7 +351,8 @@ Not yet able, and past the 30 minutes the zoo aims at. Measured here (2 cores):
   0.00; agreement 78%, the misses now of kind (a newspaper taken for a laptop) more than of
   number.
 - This recipe, 1500 games (25 min with two workers; 3229 demonstrations, 1730 reflections) and
-  5000 steps (46 min): oracle 0.20, none 0.10. More data is the lever that moved it."""
+  5000 steps (46 min, part of them beside an evaluation): oracle 0.20, none 0.10. More data is
+  the lever that moved it."""
 
 RECIPES: dict[str, Recipe] = {
     "default": Recipe(),
