@@ -188,9 +188,9 @@ class Recipe:
         their default, so a recipe that leaves them keeps the cache key it had before they
         existed."""
         data = dataclasses.asdict(self)
-        for optional, default in OPTIONAL_FIELDS.items():
-            if data[optional] == default:
-                del data[optional]
+        for f in dataclasses.fields(self):
+            if f.name in OPTIONAL_FIELDS and data[f.name] == f.default:
+                del data[f.name]
         return data
 
     def fixed_options(self, env: str) -> dict[str, int]:
@@ -249,14 +249,9 @@ class Recipe:
         return self
 
 
-OPTIONAL_FIELDS: dict[str, object] = {
-    "option_values": (),
-    "env_options": (),
-    "action_slips": 0.0,
-    "numbered_names": False,
-}
-"""Fields added after the first recipes were cached, with the default that leaves them out of
-the cache key."""
+OPTIONAL_FIELDS = frozenset({"option_values", "env_options", "action_slips", "numbered_names"})
+"""Fields added after the first recipes were cached: at their default they are left out of the
+cache key."""
 
 DATA_FIELDS = frozenset(
     {
