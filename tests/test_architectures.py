@@ -64,6 +64,7 @@ def test_registry_takes_each_architectures_adapter_and_names_absent_modules(
 
     from retro_ray.config import LearnerConfig
     from retro_ray.learner.policy import ReflectorPolicy
+    from retro_ray.learner.shared_prompts import prompt_layout
     from retro_ray.registry import AdapterRegistry
     from retro_ray.registry.validation import AdapterRejected, BaseShapes
 
@@ -86,3 +87,37 @@ def test_registry_takes_each_architectures_adapter_and_names_absent_modules(
     (other / "config.json").write_text(json.dumps(model_config))
     with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*supported"):
         BaseShapes.from_model_dir(other)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shared_prompt_forward_matches_the_plain_one(tiny_architectures, arch: str) -> None:
+    """Each family's cache takes the learner's shared-prompt forward (a prompt computed once,
+    its keys and values indexed out to its rows): the log-probs of the plain forward."""
+    from dataclasses import replace
+
+    import torch
+
+    from retro_ray.algo import ReflectionBatch
+    from retro_ray.config import LearnerConfig
+    from retro_ray.learner.policy import ReflectorPolicy
+    from retro_ray.learner.shared_prompts import prompt_layout
+
+    policy = ReflectorPolicy(tiny_architectures[arch], LearnerConfig(), seed=0)
+    prompts = policy.prompt_ids(["Trial: > Search[Alice Kay]. Return: 0.00", "Reflect: names"])
+    generator = torch.Generator().manual_seed(0)
+    vocab = policy.model.get_input_embeddings().num_embeddings
+    lengths = [5, 2, 7, 3, 4, 6]
+    reflections = [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
+    batch = ReflectionBatch.from_token_lists(
+        [prompts[i % 2] for i in range(6)],
+        reflections,
+        [1.0, -1.0, 0.5, -0.5, 0.0, 0.0],
+        [i % 2 for i in range(6)],
+        pad_id=policy.pad_token_id,
+    )
+    layout = prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
+    assert layout is not None and layout.num_prompts == 2
+    shared, _ = policy._forward(batch)
+    policy.config = replace(policy.config, share_prompts=False)
+    plain, _ = policy._forward(batch)
+    torch.testing.assert_close(shared, plain, rtol=1e-5, atol=1e-5)

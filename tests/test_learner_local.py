@@ -161,3 +161,58 @@ def test_no_reference_forward_without_a_kl_penalty(model_dir, monkeypatch) -> No
     assert calls == [] and "kl_ref" not in metrics
     policy.config = replace(policy.config, loss=PolicyLossConfig(name="reinforce", kl_coef=0.1))
     assert "kl_ref" in policy.update(batch) and calls == [1]
+
+
+def test_shared_prompts_give_the_plain_forward_and_step(model_dir) -> None:
+    """Each prompt computed once for its rows (``learner.share_prompts``) gives the log-probs,
+    entropies and optimizer step of every row running its own prompt: groups of different
+    prompt and reflection lengths, a row with an empty reflection among them."""
+    from retro_ray.learner.policy import length_sorted_split
+    from retro_ray.learner.shared_prompts import prompt_layout
+
+    shared = make_policy(model_dir, name="ppo_clip", entropy_coef=0.01)
+    plain = make_policy(model_dir, name="ppo_clip", entropy_coef=0.01)
+    plain.config = replace(plain.config, share_prompts=False)
+    advantages = [1.0, -1.0, 0.5, -0.5, 0.25, -0.25]
+    batch = sampled_batch(shared, advantages)  # prompts 0, 1, 0, 1, 0, 1
+    reflections = [batch.input_ids[i][batch.loss_mask[i].bool()].tolist() for i in range(6)]
+    batch = ReflectionBatch.from_token_lists(
+        shared.prompt_ids([PROMPTS[i % 2] for i in range(6)]),
+        [row[:n] for row, n in zip(reflections, [8, 3, 1, 8, 0, 5], strict=True)],
+        batch.advantages,
+        [i % 2 for i in range(6)],
+        pad_id=shared.pad_token_id,
+    )
+    layout = prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
+    # Row 4's reflection is empty: the row is its prompt, shared with rows 0 and 2.
+    assert layout is not None and layout.owner.tolist() == [0, 1, 0, 1, 0, 1]
+    assert layout.num_prompts == 2 and layout.starts.tolist()[:2] == [
+        len(p) for p in shared.prompt_ids(PROMPTS)
+    ]
+
+    lp_shared, ent_shared = shared._forward(batch, with_entropy=True)
+    lp_plain, ent_plain = plain._forward(batch, with_entropy=True)
+    mask = batch.loss_mask.bool()
+    torch.testing.assert_close(lp_shared, lp_plain, rtol=1e-5, atol=1e-5)
+    assert bool((lp_shared[~mask] == 0).all())
+    torch.testing.assert_close(ent_shared[mask], ent_plain[mask], rtol=1e-5, atol=1e-5)
+
+    parts = length_sorted_split(batch, 3, layout.owner)  # a prompt's rows stay together
+    owners = [set(layout.owner[p].tolist()) for p in _rows_of(batch, parts)]
+    assert sorted(map(sorted, owners)) == [[0], [1]]
+
+    m_shared, m_plain = shared.update(batch), plain.update(batch)
+    assert m_shared["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
+    for (name, a), (_, b) in zip(
+        shared.model.named_parameters(), plain.model.named_parameters(), strict=True
+    ):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def _rows_of(batch: ReflectionBatch, parts: list[ReflectionBatch]) -> list[torch.Tensor]:
+    """The batch rows each micro-batch holds (rows are told apart by their advantage)."""
+    return [
+        torch.tensor([batch.advantages.tolist().index(a) for a in p.advantages.tolist()])
+        for p in parts
+    ]

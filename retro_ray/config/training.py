@@ -72,7 +72,12 @@ class LearnerConfig:
     max_grad_norm: float = 1.0
     """Gradients are clipped to this global norm."""
     micro_batch_size: int = 32
-    """Reflections per forward/backward pass (gradient accumulation over the batch)."""
+    """Reflections per forward/backward pass (gradient accumulation over the batch); a
+    micro-batch keeps the reflections of one prompt together (``share_prompts``)."""
+    share_prompts: bool = True
+    """Compute a prompt once for all the reflections after it (a group's ``m``), attending each
+    to its cached keys and values: the same log-probs and gradients from far fewer positions
+    (``retro_ray.learner.shared_prompts``). False: every row runs its whole prompt."""
     epochs_per_batch: int = 1
     """Optimizer passes over each collected batch; above 1 the PPO ratio clipping matters."""
     num_workers: int = 1

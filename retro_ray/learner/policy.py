@@ -46,6 +46,12 @@ from retro_ray.algo import (
     token_logprobs,
 )
 from retro_ray.config import LearnerConfig
+from retro_ray.learner.shared_prompts import (
+    PromptLayout,
+    prompt_layout,
+    shared_prompt_logits,
+    to_columns,
+)
 from retro_ray.llm.base import SamplingParams
 from retro_ray.llm.templates import pad_id, stop_token_ids
 from retro_ray.llm.torch_decode import DecodedRow, Decoder
@@ -171,7 +177,13 @@ class ReflectorPolicy:
         ref = self.reference_logprobs(batch) if cfg.loss.kl_coef != 0.0 else None
         batch = replace(batch, old_logprobs=old, ref_logprobs=ref)
         n_micro = max(1, -(-batch.batch_size // cfg.micro_batch_size))
-        micro_batches = length_sorted_split(batch, n_micro)
+        layout = (
+            prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
+            if cfg.share_prompts
+            else None
+        )
+        together = None if layout is None else layout.owner
+        micro_batches = length_sorted_split(batch, n_micro, together)
         count = normalizer_count(batch.loss_mask, cfg.loss.agg_mode).detach().clone()
         if sync is not None:
             sync.all_reduce_sum(count)
@@ -245,9 +257,18 @@ class ReflectorPolicy:
     def _forward(
         self, batch: ReflectionBatch, with_entropy: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, T) log-probs aligned with ``input_ids`` (and entropies), computing logits only from
-        the first loss token's predecessor on (``logits_to_keep``): the prompt, usually most of
-        the row, needs no (T, V) logits. Same values as ``sequence_logprobs`` on full logits."""
+        """(B, T) log-probs aligned with ``input_ids`` (and entropies). Rows that share a prompt
+        (a group's reflections) compute it once (``retro_ray.learner.shared_prompts``); otherwise
+        logits are computed only from the first loss token's predecessor on
+        (``logits_to_keep``): the prompt, usually most of the row, needs no (T, V) logits. Same
+        values as ``sequence_logprobs`` on full logits, either way."""
+        layout = (
+            prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
+            if self.config.share_prompts
+            else None
+        )
+        if layout is not None:
+            return self._shared_forward(batch, layout, with_entropy)
         t = batch.input_ids.shape[1]
         cols = batch.loss_mask.any(0).nonzero()
         first = int(cols[0]) if cols.numel() else t - 1  # column 0 is never a loss token
@@ -261,6 +282,17 @@ class ReflectorPolicy:
         )
         entropy = F.pad(entropy_from_logits(logits[:, :-1]), (first, 0)) if with_entropy else None
         return logprobs, entropy
+
+    def _shared_forward(
+        self, batch: ReflectionBatch, layout: PromptLayout, with_entropy: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits, columns = shared_prompt_logits(self.model, batch.input_ids, layout)
+        at = columns.clamp(min=0)
+        mask = batch.loss_mask.gather(1, at) * (columns >= 0)
+        width = batch.input_ids.shape[1]
+        logprobs = token_logprobs(logits, batch.input_ids.gather(1, at), mask)
+        entropy = to_columns(entropy_from_logits(logits), columns, width) if with_entropy else None
+        return to_columns(logprobs, columns, width), entropy
 
     def nonfinite_weights(self) -> list[str]:
         """Names of the trainable (LoRA) tensors holding a NaN or an infinity."""
@@ -289,16 +321,34 @@ class ReflectorPolicy:
         return directory
 
 
-def length_sorted_split(batch: ReflectionBatch, n: int) -> list[ReflectionBatch]:
-    """``n`` micro-batches of near-equal row counts, rows grouped by length (longest first), each
-    cut to its own longest row: the padding a micro-batch of mixed lengths would compute is
-    gone. Rows are right-padded and attention is causal, so every real position sees the same
-    tokens as in the full batch; the step normalises by the whole batch's count, so grouping
-    changes no gradient (up to float summation order)."""
+def length_sorted_split(
+    batch: ReflectionBatch, n: int, together: torch.Tensor | None = None
+) -> list[ReflectionBatch]:
+    """At most ``n`` micro-batches of near-equal row counts, rows grouped by length (longest
+    first), each cut to its own longest row: the padding a micro-batch of mixed lengths would
+    compute is gone. ``together`` (B,): rows with the same value stay in one micro-batch (the
+    rows of a shared prompt, so that it runs once), ordered by their longest row. Rows are
+    right-padded and attention is causal, so every real position sees the same tokens as in the
+    full batch; the step normalises by the whole batch's count, so grouping changes no gradient
+    (up to float summation order)."""
     lengths = batch.attention_mask.sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)
+    units = torch.arange(batch.batch_size) if together is None else together.cpu()
+    longest = torch.zeros(int(units.max()) + 1, dtype=lengths.dtype)
+    longest = longest.scatter_reduce(0, units, lengths, "amax")
+    order = sorted(
+        range(batch.batch_size),
+        key=lambda r: (-int(longest[units[r]]), int(units[r]), -int(lengths[r])),
+    )
+    target = -(-batch.batch_size // n)
+    groups: list[list[int]] = [[]]
+    for position, row in enumerate(order):
+        groups[-1].append(row)
+        unit_ends = position + 1 == len(order) or units[order[position + 1]] != units[row]
+        if unit_ends and len(groups[-1]) >= target and position + 1 < len(order):
+            groups.append([])
     parts = []
-    for index in order.tensor_split(n):
+    for rows in groups:
+        index = torch.tensor(rows)
         micro = batch.select(index)
         width = max(int(lengths[index].max()), 1)
         cut = {
