@@ -64,7 +64,6 @@ def test_registry_takes_each_architectures_adapter_and_names_absent_modules(
 
     from retro_ray.config import LearnerConfig
     from retro_ray.learner.policy import ReflectorPolicy
-    from retro_ray.learner.shared_prompts import prompt_layout
     from retro_ray.registry import AdapterRegistry
     from retro_ray.registry.validation import AdapterRejected, BaseShapes
 

@@ -49,6 +49,17 @@ def sequence_logprob(policy: ReflectorPolicy, batch: ReflectionBatch) -> torch.T
     return (policy.current_logprobs(batch) * batch.loss_mask).sum(-1)
 
 
+def assert_same_step(one: ReflectorPolicy, other: ReflectorPolicy, batch: ReflectionBatch) -> None:
+    """Both policies, from the same weights, take the same optimizer step on ``batch``."""
+    loss_one, loss_other = one.update(batch)["loss"], other.update(batch)["loss"]
+    assert loss_one == pytest.approx(loss_other, rel=1e-5, abs=1e-7)
+    for (name, a), (_, b) in zip(
+        one.model.named_parameters(), other.model.named_parameters(), strict=True
+    ):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_sampler_and_learner_agree_and_kl_starts_at_zero(model_dir) -> None:
     policy = make_policy(model_dir, name="reinforce", kl_coef=0.1)
     batch = sampled_batch(policy, [1.0, -1.0, 0.5, -0.5])
@@ -142,13 +153,7 @@ def test_length_sorted_micro_batches_take_the_same_step(model_dir) -> None:
 
     whole.config = replace(whole.config, micro_batch_size=6)
     split = make_policy(model_dir, name="ppo_clip")  # micro_batch_size 2: three micro-batches
-    m_whole, m_split = whole.update(batch), split.update(batch)
-    assert m_split["loss"] == pytest.approx(m_whole["loss"], rel=1e-5, abs=1e-7)
-    for (name, a), (_, b) in zip(
-        whole.model.named_parameters(), split.model.named_parameters(), strict=True
-    ):
-        if a.requires_grad:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_step(whole, split, batch)
 
 
 def test_no_reference_forward_without_a_kl_penalty(model_dir, monkeypatch) -> None:
@@ -201,13 +206,7 @@ def test_shared_prompts_give_the_plain_forward_and_step(model_dir) -> None:
     owners = [set(layout.owner[p].tolist()) for p in _rows_of(batch, parts)]
     assert sorted(map(sorted, owners)) == [[0], [1]]
 
-    m_shared, m_plain = shared.update(batch), plain.update(batch)
-    assert m_shared["loss"] == pytest.approx(m_plain["loss"], rel=1e-5, abs=1e-7)
-    for (name, a), (_, b) in zip(
-        shared.model.named_parameters(), plain.model.named_parameters(), strict=True
-    ):
-        if a.requires_grad:
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert_same_step(shared, plain, batch)
 
 
 def _rows_of(batch: ReflectionBatch, parts: list[ReflectionBatch]) -> list[torch.Tensor]:
