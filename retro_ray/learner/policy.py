@@ -286,6 +286,7 @@ class ReflectorPolicy:
     def _shared_forward(
         self, batch: ReflectionBatch, layout: PromptLayout, with_entropy: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``_forward`` with each prompt run once; values at the reflection columns, 0 elsewhere."""
         logits, columns = shared_prompt_logits(self.model, batch.input_ids, layout)
         at = columns.clamp(min=0)
         mask = batch.loss_mask.gather(1, at) * (columns >= 0)
@@ -331,7 +332,7 @@ def length_sorted_split(
     right-padded and attention is causal, so every real position sees the same tokens as in the
     full batch; the step normalises by the whole batch's count, so grouping changes no gradient
     (up to float summation order)."""
-    lengths = batch.attention_mask.sum(1)
+    lengths = batch.attention_mask.sum(1).cpu()  # the batch may be on a GPU; the plan is not
     units = torch.arange(batch.batch_size) if together is None else together.cpu()
     longest = torch.zeros(int(units.max()) + 1, dtype=lengths.dtype)
     longest = longest.scatter_reduce(0, units, lengths, "amax")

@@ -69,8 +69,8 @@ def prompt_layout(
     if len(prompt_rows) == len(owner):
         return None
     return PromptLayout(
-        owner=torch.tensor(owner),
-        prompt_rows=torch.tensor(prompt_rows),
+        owner=torch.tensor(owner, device=input_ids.device),
+        prompt_rows=torch.tensor(prompt_rows, device=input_ids.device),
         starts=starts,
         lengths=lengths,
     )
@@ -93,7 +93,7 @@ def shared_prompt_logits(
         input_ids=prefix_ids, attention_mask=prefix_mask, use_cache=True, logits_to_keep=1
     )
     cache = cache.past_key_values
-    cache.batch_select_indices(layout.owner.to(device))
+    cache.batch_select_indices(layout.owner)
     # Each row from its prompt's last token to its end: the logits at step j predict column
     # start + j, the j-th reflection token.
     width = int((layout.lengths - layout.starts).max()) + 1
