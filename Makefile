@@ -7,7 +7,8 @@
 # first; without it, pip does the work). uv reads the sources pip is configured with, pip's
 # find-links and index (this machine's CPU torch wheel lies in a find-links folder). Measured here
 # with empty caches: the cpu extra 11 to 28 s with uv against 53 and 57 s with pip; everything
-# 103 s with uv against 215 s with pip, most of it fast-downward's compile. Identical package versions either way.
+# 103 s with uv against 215 s with pip, most of it fast-downward's compile. Identical package
+# versions either way.
 #
 # `make demo` installs the cpu extra only, unless everything is installed already, and without
 # byte-compiling: the packages are compiled in the background, niced, beside the zoo build. With
