@@ -177,11 +177,7 @@ class ReflectorPolicy:
         ref = self.reference_logprobs(batch) if cfg.loss.kl_coef != 0.0 else None
         batch = replace(batch, old_logprobs=old, ref_logprobs=ref)
         n_micro = max(1, -(-batch.batch_size // cfg.micro_batch_size))
-        layout = (
-            prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
-            if cfg.share_prompts
-            else None
-        )
+        layout = self._prompt_layout(batch)
         together = None if layout is None else layout.owner
         micro_batches = length_sorted_split(batch, n_micro, together)
         count = normalizer_count(batch.loss_mask, cfg.loss.agg_mode).detach().clone()
@@ -262,11 +258,7 @@ class ReflectorPolicy:
         logits are computed only from the first loss token's predecessor on
         (``logits_to_keep``): the prompt, usually most of the row, needs no (T, V) logits. Same
         values as ``sequence_logprobs`` on full logits, either way."""
-        layout = (
-            prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
-            if self.config.share_prompts
-            else None
-        )
+        layout = self._prompt_layout(batch)
         if layout is not None:
             return self._shared_forward(batch, layout, with_entropy)
         t = batch.input_ids.shape[1]
@@ -282,6 +274,12 @@ class ReflectorPolicy:
         )
         entropy = F.pad(entropy_from_logits(logits[:, :-1]), (first, 0)) if with_entropy else None
         return logprobs, entropy
+
+    def _prompt_layout(self, batch: ReflectionBatch) -> PromptLayout | None:
+        """Which rows share a prompt, where ``learner.share_prompts`` is on and any do."""
+        if not self.config.share_prompts:
+            return None
+        return prompt_layout(batch.input_ids, batch.attention_mask, batch.loss_mask)
 
     def _shared_forward(
         self, batch: ReflectionBatch, layout: PromptLayout, with_entropy: bool
@@ -332,14 +330,12 @@ def length_sorted_split(
     right-padded and attention is causal, so every real position sees the same tokens as in the
     full batch; the step normalises by the whole batch's count, so grouping changes no gradient
     (up to float summation order)."""
-    lengths = batch.attention_mask.sum(1).cpu()  # the batch may be on a GPU; the plan is not
-    units = torch.arange(batch.batch_size) if together is None else together.cpu()
-    longest = torch.zeros(int(units.max()) + 1, dtype=lengths.dtype)
-    longest = longest.scatter_reduce(0, units, lengths, "amax")
-    order = sorted(
-        range(batch.batch_size),
-        key=lambda r: (-int(longest[units[r]]), int(units[r]), -int(lengths[r])),
-    )
+    sizes = batch.attention_mask.sum(1).tolist()  # planned here, wherever the batch lives
+    units = list(range(batch.batch_size)) if together is None else together.tolist()
+    longest: dict[int, int] = {}
+    for unit, size in zip(units, sizes, strict=True):
+        longest[unit] = max(longest.get(unit, 0), size)
+    order = sorted(range(batch.batch_size), key=lambda r: (-longest[units[r]], units[r], -sizes[r]))
     target = -(-batch.batch_size // n)
     groups: list[list[int]] = [[]]
     for position, row in enumerate(order):
@@ -351,7 +347,7 @@ def length_sorted_split(
     for rows in groups:
         index = torch.tensor(rows)
         micro = batch.select(index)
-        width = max(int(lengths[index].max()), 1)
+        width = max(max(sizes[r] for r in rows), 1)
         cut = {
             f.name: getattr(micro, f.name)[:, :width]
             for f in fields(micro)
