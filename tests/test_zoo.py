@@ -351,3 +351,34 @@ def test_numbered_names_are_one_token_and_keep_the_prompt_boundary() -> None:
         for start, _ in sequence.spans:
             prompt_ids = tokenizer(sequence.text[:start])["input_ids"]
             assert full[: len(prompt_ids)] == prompt_ids
+
+
+def test_recipe_settings_reach_nested_fields_and_name_a_bad_one() -> None:
+    from benchmarks.zoo_seeds import with_settings
+
+    recipe = with_settings(TINY, ["actor_sft.steps=90", "max_rounds=2", "tasks_per_env=30"])
+    assert recipe.actor_sft.steps == 90 and recipe.ability_check.max_rounds == 2
+    assert recipe.tasks_per_env == 30 and recipe.retro_sft == TINY.retro_sft
+    with pytest.raises(ValueError, match="SFTSchedule has no field 'stpes'"):
+        with_settings(TINY, ["actor_sft.stpes=90"])
+    with pytest.raises(ValueError, match="expected FIELD=VALUE"):
+        with_settings(TINY, ["tasks_per_env"])
+
+
+def test_zoo_seeds_builds_each_seed_apart(tmp_path, capsys) -> None:
+    """Two seeds of the tiny recipe, each in its own process and cache: two different actors,
+    reported with their hashes; a rerun of a seed into the same cache is a hit, not a rebuild."""
+    from benchmarks.zoo_seeds import main
+
+    short = ["--set", "actor_sft.steps=20", "--set", "retro_sft.steps=5"]
+    args = ["--recipe", "tiny", "--seeds", "0,1", "--cache-dir", str(tmp_path), "--json", *short]
+    assert main(args) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["builds"] == 2 and first["checked"] == 0  # tiny checks no ability
+    hashes = [b["actor_sha256"] for b in first["per_build"]]
+    assert len(set(hashes)) == 2 and first["identical_actors"] == []
+    assert main([*args[:3], "0", *args[4:]]) == 0
+    again = json.loads(capsys.readouterr().out)["per_build"][0]
+    assert (
+        again["actor_sha256"] == hashes[0] and again["seconds"] < first["per_build"][0]["seconds"]
+    )
