@@ -3,7 +3,8 @@
 Builds one recipe once per (seed, torch threads) pair, each build in its own process and its own
 empty cache, several at a time, and reports per build the trail of its ability check (no
 reflection against the trajectory oracle on validation tasks, after the recipe's schedule and
-after each extra round), whether it ended able, and a hash of the actor's weights (equal hashes:
+after each extra round, of the attempt the build kept), its fresh starts (``attempts``), whether
+it ended able, and a hash of the actor's weights (equal hashes:
 bit-identical actors). The zoo's promise is that abilities do not depend on the machine; a
 machine's floating-point kernels are one perturbation of a build, a seed a larger one, and
 another machine's CPU the real one (run it there).
@@ -90,6 +91,7 @@ def build_one(recipe: Recipe, seed: int, threads: int, cache_root: str) -> dict[
         "final_loss": actor["final_loss"],
         "checks": trail,
         "able": checks[-1]["able"] if checks else None,
+        "attempts": actor.get("attempts", []),
         "actor_sha256": weights[:16],
     }
 
@@ -115,8 +117,10 @@ def report_line(b: dict[str, Any]) -> str:
         if env != "steps"
     )
     state = {True: "able", False: "NOT able", None: "unchecked"}[b["able"]]
+    restarts = len(b["attempts"]) - 1
+    fresh = f" of fresh start {restarts}" if restarts > 0 else ""
     return (
-        f"seed {b['seed']} threads {b['threads']}: {state} after {b['actor_steps']} steps"
+        f"seed {b['seed']} threads {b['threads']}: {state} after {b['actor_steps']} steps{fresh}"
         f"{' (' + gains + ')' if gains else ''}, {b['seconds']:.0f} s, actor {b['actor_sha256']}"
     )
 

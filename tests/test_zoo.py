@@ -230,7 +230,8 @@ def test_zoo_eval_reports_every_condition(zoo_tiny, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) -> None:
-    """A bar no tiny model reaches: the build checks, trains one more round, checks again, and
+    """A bar no tiny model reaches: the build checks, trains one more round, checks again,
+    starts the actor afresh once and does the same, keeps the attempt closest to able and
     reports the shortfall in its manifest instead of passing silently."""
     from retro_ray.zoo.recipes import AbilityCheck
 
@@ -243,6 +244,7 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
         ability_check=AbilityCheck(
             envs=("lookup",), tasks=4, min_oracle_gain=2.0, extra_steps=5, max_rounds=1
         ),
+        actor_restarts=1,
     )
     import torch
 
@@ -260,6 +262,13 @@ def test_the_build_checks_its_actor_and_trains_on_when_it_falls_short(tmp_path) 
     assert set(checks[0]["success"]["lookup"]) == {"react", "trajectory-oracle"}
     assert any("falls short" in line for line in lines)
     assert any("WARNING" in line and "still falls short" in line for line in lines)
+    attempts = actor["attempts"]
+    assert [a["seed"] for a in attempts] == [recipe.seed, recipe.seed + 1000]
+    assert not any(a["able"] for a in attempts)
+    kept = max(attempts, key=lambda a: a["shortest_gain"])  # the first of equals
+    gains = [s["trajectory-oracle"] - s["react"] for s in checks[-1]["success"].values()]
+    assert min(gains) == pytest.approx(kept["shortest_gain"], abs=1e-4)
+    assert any("starting the actor afresh (seed 1000)" in line for line in lines)
 
 
 def test_benchmark_envs_and_fixed_options_make_a_recipe() -> None:

@@ -181,32 +181,35 @@ def _build_into(
             seed=seed,
         )
 
-    model = new_model(recipe.seed)
     stages = (
         ("actor", recipe.actor_sft, [(s.text, s.spans) for s in data.actor]),
         ("retrospective", recipe.retro_sft, [reflection_span(e) for e in data.reflections]),
     )
     reports: dict[str, Any] = {}
+    pad_id = tokenizer.pad_token_id
     for offset, (name, schedule, texts) in enumerate(stages):
-        if name == "retrospective" and not recipe.retro_from_actor:
-            model = new_model(recipe.seed + offset)
         examples = [encode_spans(tokenizer, text, spans) for text, spans in texts]
         kept = [e for e in examples if len(e.input_ids) <= shape.max_positions]
-        pad_id = tokenizer.pad_token_id
-        report = train_sft(model, kept, schedule, pad_id, recipe.seed + offset, name, log)
-        save_model(model, tokenizer, out / name)  # the retrospective stage continues from here
-        checks: list[dict[str, Any]] = []
-        if name == "actor" and recipe.ability_check.envs:
-            checks = train_until_able(model, tokenizer, kept, recipe, out / name, pad_id, log)
+        extra: dict[str, Any] = {}
+        if name == "actor":
+            model, report, extra = train_able_actor(
+                new_model, kept, recipe, tokenizer, out / name, pad_id, log
+            )
+        else:
+            if not recipe.retro_from_actor:
+                model = new_model(recipe.seed + offset)
+            report = train_sft(model, kept, schedule, pad_id, recipe.seed + offset, name, log)
+            save_model(model, tokenizer, out / name)
         reports[name] = {
             "parameters": sum(p.numel() for p in model.parameters()),
             "examples": len(kept),
             "dropped_too_long": len(examples) - len(kept),
             "first_loss": round(report.first_loss, 4),
             "final_loss": round(report.final_loss, 4),
-            "steps": report.steps + sum(c["trained_steps"] for c in checks),
+            "steps": report.steps
+            + sum(c["trained_steps"] for c in extra.get("ability_checks", [])),
             "seconds": round(report.seconds, 1),
-            **({"ability_checks": checks} if checks else {}),
+            **extra,
         }
         lap(f"sft_{name}")
     return {
@@ -227,6 +230,72 @@ def _build_into(
         },
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+RESTART_SEED_STRIDE = 1000
+"""An actor's fresh start ``k`` initialises from ``recipe.seed + k * RESTART_SEED_STRIDE``."""
+
+
+def shortest_gain(checks: list[dict[str, Any]]) -> float:
+    """The last check's smallest gain of the trajectory oracle over no reflection (the family
+    furthest from able); +inf where nothing was checked."""
+    if not checks:
+        return float("inf")
+    return min(s["trajectory-oracle"] - s["react"] for s in checks[-1]["success"].values())
+
+
+def train_able_actor(
+    new_model: Callable[[int], Any],
+    examples: list[Any],
+    recipe: Recipe,
+    tokenizer: Any,
+    actor_dir: Path,
+    pad_id: int,
+    log: Log,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train the actor and check it (:func:`train_until_able`); while an attempt ends short of
+    able and ``recipe.actor_restarts`` allow, start again from fresh weights. Keeps the first
+    able attempt, else the one closest to able, saved in ``actor_dir``. Returns the model, its
+    SFT report and the manifest's extra fields (its ``ability_checks``; ``attempts`` after a
+    restart)."""
+    import torch
+
+    from retro_ray.zoo.models import save_model
+    from retro_ray.zoo.sft import train_sft
+
+    best: tuple[float, int, dict[str, torch.Tensor], Any, list[dict[str, Any]]] | None = None
+    attempts: list[dict[str, Any]] = []
+    for attempt in range(recipe.actor_restarts + 1):
+        seed = recipe.seed + attempt * RESTART_SEED_STRIDE
+        label = "actor" if attempt == 0 else f"actor, fresh start {attempt}"
+        model = new_model(seed)
+        report = train_sft(model, examples, recipe.actor_sft, pad_id, seed, label, log)
+        save_model(model, tokenizer, actor_dir)
+        checks = (
+            train_until_able(model, tokenizer, examples, recipe, actor_dir, pad_id, log)
+            if recipe.ability_check.envs
+            else []
+        )
+        able = not checks or checks[-1]["able"]
+        gain = shortest_gain(checks)
+        attempts.append({"seed": seed, "able": able, "shortest_gain": round(gain, 4)})
+        if best is None or gain > best[0]:
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best = (gain, attempt, state, report, checks)
+        if able:
+            break
+        if attempt < recipe.actor_restarts:
+            log(f"[zoo check] starting the actor afresh (seed {seed + RESTART_SEED_STRIDE})")
+    assert best is not None
+    _, chosen, state, report, checks = best
+    if chosen != len(attempts) - 1:
+        model.load_state_dict(state)
+        save_model(model, tokenizer, actor_dir)
+        log(f"[zoo check] keeping attempt {chosen}, the closest to able")
+    extra: dict[str, Any] = {"ability_checks": checks} if checks else {}
+    if len(attempts) > 1:
+        extra["attempts"] = attempts
+    return model, report, extra
 
 
 def check_ability(actor_dir: Path, recipe: Recipe, seed: int) -> dict[str, Any]:
