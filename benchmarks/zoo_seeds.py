@@ -78,7 +78,7 @@ def build_one(recipe: Recipe, seed: int, threads: int, cache_root: str) -> dict[
     trail = [
         {
             "steps": recipe.actor_sft.steps + sum(c["trained_steps"] for c in checks[:i]),
-            **{env: s for env, s in c["success"].items()},
+            "success": c["success"],
         }
         for i, c in enumerate(checks)
     ]
@@ -110,11 +110,10 @@ def summarise(builds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def report_line(b: dict[str, Any]) -> str:
-    last = b["checks"][-1] if b["checks"] else {}
+    last = b["checks"][-1]["success"] if b["checks"] else {}
     gains = ", ".join(
         f"{env} none {s['react']:.2f} oracle {s['trajectory-oracle']:.2f}"
         for env, s in last.items()
-        if env != "steps"
     )
     state = {True: "able", False: "NOT able", None: "unchecked"}[b["able"]]
     restarts = len(b["attempts"]) - 1
