@@ -86,15 +86,20 @@ async def probe_task(
         seed = f"{loop.seed}|{task.task_id}|{k}"
         oracle = (await reflectors.oracle.reflect(env, trajectory, memory, seed)).text
         greedy = (await reflectors.greedy.reflect(env, trajectory, memory, seed)).text
-        drawn = [
-            (await reflectors.sampled.reflect(env, trajectory, memory, f"{seed}|{i}")).text
-            for i in range(samples)
-        ]
-        oracle_won, oracle_trajectory = await play(k, [*memory, oracle])
+        drawn = await asyncio.gather(
+            *(
+                reflectors.sampled.reflect(env, trajectory, memory, f"{seed}|{i}")
+                for i in range(samples)
+            )
+        )
+        texts = [oracle, greedy, *(r.text for r in drawn)]
+        (oracle_won, oracle_trajectory), (greedy_won, _), *played = await asyncio.gather(
+            *(play(k, [*memory, text]) for text in texts)
+        )
         row[name] = {
             "oracle": [oracle, oracle_won],
-            "greedy": [greedy, (await play(k, [*memory, greedy]))[0]],
-            "samples": [[text, (await play(k, [*memory, text]))[0]] for text in drawn],
+            "greedy": [greedy, greedy_won],
+            "samples": [[text, won] for text, (won, _) in zip(texts[2:], played, strict=True)],
         }
         if oracle_won:
             break
