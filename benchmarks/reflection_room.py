@@ -151,6 +151,12 @@ async def measure_family(
     return {"summary": summarize(rows, group_size), "rows": rows}
 
 
+def check_sizes(samples: int, group_size: int) -> None:
+    """A group compares ``group_size`` of a failed trial's ``samples`` (at least two)."""
+    if samples < group_size or group_size < 2:
+        raise ValueError(f"need samples >= group_size >= 2, got {samples} and {group_size}")
+
+
 def measure(
     actor_client: LLMClient,
     retro_client: LLMClient,
@@ -161,8 +167,7 @@ def measure(
     seed: int = 0,
 ) -> dict[str, Any]:
     """:func:`measure_family` for each family, its test tasks drawn with ``seed``."""
-    if samples < group_size or group_size < 2:
-        raise ValueError(f"need samples >= group_size >= 2, got {samples} and {group_size}")
+    check_sizes(samples, group_size)
     report: dict[str, Any] = {}
     for family in families:
         cfg = family_config(family, tasks, 3, seed)
@@ -203,6 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="also write every reflection here (JSON)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
+    try:  # before a zoo build, which may take half an hour
+        check_sizes(args.samples, args.group_size)
+    except ValueError as exc:
+        parser.error(str(exc))
 
     from retro_ray.llm.torch_backend import TorchBackend
     from retro_ray.zoo.build import build_zoo

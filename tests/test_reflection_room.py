@@ -79,3 +79,11 @@ def test_too_few_samples_for_a_group_is_refused() -> None:
 
     with pytest.raises(ValueError, match="samples >= group_size"):
         measure(None, None, ["lookup"], 4, samples=2, group_size=4)  # type: ignore[arg-type]
+
+
+def test_the_cli_refuses_bad_sizes_before_building_a_zoo(tmp_path, capsys) -> None:
+    cache = tmp_path / "cache"
+    with pytest.raises(SystemExit):
+        main(["--recipe", "tiny", "--cache-dir", str(cache), "--samples", "2", "--group-size", "4"])
+    assert "samples >= group_size" in capsys.readouterr().err
+    assert not cache.exists()
