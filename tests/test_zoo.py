@@ -19,7 +19,7 @@ from retro_ray.agents.results import summarize
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.envs.registry import make_env
 from retro_ray.zoo.build import build_zoo, cache_root
-from retro_ray.zoo.data import generate_data, task_options
+from retro_ray.zoo.data import ReflectionExample, base_examples, generate_data, task_options
 from retro_ray.zoo.recipes import TINY, ModelShape, get_recipe
 
 ENVS = ("lookup", "household", "shop")
@@ -156,6 +156,36 @@ def test_option_ranges_play_each_task_at_its_drawn_knobs() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             dataclasses.replace(ranged, option_values=bad).validate()
+
+
+def test_base_shares_thin_one_family_and_kind_of_the_base_examples() -> None:
+    """``base_shares`` keeps about its share of the named family's kind, every other example, in
+    order and the same on every call; a recipe without it keeps all and its cache key."""
+    examples = [
+        ReflectionExample(f"p{i}", f" t{i}\n", kind, env)
+        for i in range(400)
+        for env, kind in (("shop", "trajectory_oracle"), ("shop", "vague"), ("lookup", "vague"))
+    ]
+    assert "base_shares" not in TINY.to_dict()
+    assert base_examples(TINY, examples) == examples
+    thinned = dataclasses.replace(
+        TINY, base_shares=(("shop", (("trajectory_oracle", 0.2),)),)
+    ).validate()
+    assert thinned.digest() != TINY.digest()
+    assert thinned.data_digest() == TINY.data_digest()  # the data and the actor are unchanged
+    kept = base_examples(thinned, examples)
+    assert kept == base_examples(thinned, examples)
+    assert kept == [e for e in examples if e in kept]  # in order
+    oracle = sum(e.kind == "trajectory_oracle" for e in kept)
+    assert 50 <= oracle <= 110  # about a fifth of 400
+    assert len(kept) - oracle == 800  # the other kinds and families whole
+    for bad, message in (
+        ((("shop", (("trajectory_oracle", 1.5),)),), r"share in \[0, 1\]"),
+        ((("shop", (("wise", 0.5),)),), "give a kind of"),
+        ((("alfworld", (("vague", 0.5),)),), "not one of the recipe's envs"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            dataclasses.replace(TINY, base_shares=bad).validate()
 
 
 def test_cache_root_precedence(monkeypatch, tmp_path) -> None:

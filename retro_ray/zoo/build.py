@@ -142,7 +142,7 @@ def reflection_span(example: ReflectionExample) -> tuple[str, list[tuple[int, in
 def _build_into(
     out: Path, recipe: Recipe, log: Log, threads: int, data_cache: Path, workers: int
 ) -> dict[str, Any]:
-    from retro_ray.zoo.data import cached_data, train_prompt_tokenizer
+    from retro_ray.zoo.data import base_examples, cached_data, train_prompt_tokenizer
     from retro_ray.zoo.models import init_llama, save_model, special_token_ids
     from retro_ray.zoo.sft import encode_spans, train_sft
 
@@ -183,7 +183,11 @@ def _build_into(
 
     stages = (
         ("actor", recipe.actor_sft, [(s.text, s.spans) for s in data.actor]),
-        ("retrospective", recipe.retro_sft, [reflection_span(e) for e in data.reflections]),
+        (
+            "retrospective",
+            recipe.retro_sft,
+            [reflection_span(e) for e in base_examples(recipe, data.reflections)],
+        ),
     )
     reports: dict[str, Any] = {}
     pad_id = tokenizer.pad_token_id

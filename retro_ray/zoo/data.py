@@ -43,9 +43,8 @@ from retro_ray.envs.benchmark import ScriptedActorEnv
 from retro_ray.envs.registry import make_env
 from retro_ray.reflection.prompt import clean_reflection, reflection_prompt
 from retro_ray.zoo.models import train_tokenizer
-from retro_ray.zoo.recipes import Recipe
+from retro_ray.zoo.recipes import REFLECTION_KINDS, Recipe
 
-REFLECTION_KINDS = ("vague", "trajectory_oracle", "ground_truth", "misleading")
 REGIMES = ("none", *REFLECTION_KINDS, "mixed")
 
 
@@ -190,6 +189,17 @@ class RecordingReflector:
             return Reflection(target, prompt)
         text = write_reflection(env, self.regime, trajectory, memory, rng)
         return Reflection(clean_reflection(text, self.cfg.max_chars), prompt)
+
+
+def base_examples(
+    recipe: Recipe, reflections: Sequence[ReflectionExample]
+) -> list[ReflectionExample]:
+    """The reflection examples the retrospective base trains on: each kept with the share
+    ``recipe.base_shares`` gives its family and kind (1 where not named), by a seeded draw per
+    example, in their order."""
+    shares = {(env, kind): share for env, kinds in recipe.base_shares for kind, share in kinds}
+    rng = random.Random(f"zoo|{recipe.seed}|reflection-shares")
+    return [e for e in reflections if rng.random() < shares.get((e.env, e.kind), 1.0)]
 
 
 def trial_sequences(steps: Sequence[RecordedStep], env: str) -> list[ActorSequence]:

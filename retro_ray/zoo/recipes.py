@@ -23,6 +23,9 @@ it is part of the cache key, so a stale cache entry is never mistaken for a curr
 
 ENVS: tuple[str, ...] = ("lookup", "household", "shop")
 
+REFLECTION_KINDS = ("vague", "trajectory_oracle", "ground_truth", "misleading")
+"""The kinds of reflection the environments write (``zoo.data.write_reflection``)."""
+
 
 def _versioned_hash(label: str, content: dict) -> str:
     """12 hex digits of SHA-256 over ``content`` (under ``label``) and ``ZOO_CODE_VERSION``."""
@@ -151,6 +154,14 @@ class Recipe:
     """Kinds of the retrospective base's training targets: informative, useless and wrong, so
     that its samples at temperature 1 vary in quality and a policy gradient has something to
     select."""
+    base_shares: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    """The share of the retrospective base's training examples kept, per family and kind of
+    reflection (all of them where not named), e.g. ``(("shop", (("trajectory_oracle", 0.2),)),)``.
+    Drawn once per example, seeded; the data and the actor are unchanged. Where a family's oracle
+    reflection is easy to reproduce, a base trained on a third of them writes it greedily, and a
+    policy gradient has nothing left to improve: keeping fewer makes its greedy reflection the
+    vague one (the position of a general chat model as a base) while its samples still hold the
+    oracle's."""
     action_slips: float = 0.0
     """Chance that a step of the demonstrations plays a slip instead of the scripted action: the
     action with one of its numbers changed (``go to drawer 4`` for ``drawer 2``), the mistake a
@@ -248,6 +259,15 @@ class Recipe:
                     raise ValueError(f"option_values {env}.{option} needs at least one value")
                 for value in values:  # every value must make a valid environment
                     make_env(env, {**self.fixed_options(env), option: value})
+        for env, kinds in self.base_shares:
+            if env not in self.envs:
+                raise ValueError(f"base_shares env {env!r} is not one of the recipe's envs")
+            for kind, share in kinds:
+                if kind not in REFLECTION_KINDS or not 0.0 <= share <= 1.0:
+                    raise ValueError(
+                        f"base_shares {env}.{kind}={share}: give a kind of "
+                        f"{', '.join(REFLECTION_KINDS)} and a share in [0, 1]"
+                    )
         if self.actor_restarts < 0:
             raise ValueError(f"recipe actor_restarts {self.actor_restarts}: give 0 or more")
         if not 0.0 <= self.action_slips < 1.0:
@@ -259,7 +279,14 @@ class Recipe:
 
 
 OPTIONAL_FIELDS = frozenset(
-    {"option_values", "env_options", "action_slips", "numbered_names", "actor_restarts"}
+    {
+        "option_values",
+        "env_options",
+        "action_slips",
+        "numbered_names",
+        "actor_restarts",
+        "base_shares",
+    }
 )
 """Fields added after the first recipes were cached: at their default they are left out of the
 cache key."""
