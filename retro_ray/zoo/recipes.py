@@ -321,6 +321,7 @@ FAMILIES = Recipe(
     tasks_per_env=2500,
     actor_sft=SFTSchedule(steps=6000),
     retro_sft=SFTSchedule(steps=2400, lr=1e-3, warmup_steps=20),
+    base_shares=(("shop", (("trajectory_oracle", 0.2), ("misleading", 0.2))),),
     ability_check=AbilityCheck(envs=ENVS, extra_steps=4000),
 )
 """An actor that follows advice on all three families. The default's actor (700 tasks per
@@ -341,7 +342,17 @@ steps its samples at temperature 1 rarely helped (``benchmarks.reflection_room``
 tasks, 8 samples per failed first trial: on ``lookup`` a sample won the next trial on 29% of the
 failed trials, against 53% after 2400 steps; on ``household`` 19% against 30%), while its greedy
 reflections stayed well below the oracle's. One reflector trained across the families on each
-base closed 0.14 against 0.75 of the gap on ``lookup`` (one training run each, same actor)."""
+base closed 0.14 against 0.75 of the gap on ``lookup`` (one training run each, same actor).
+
+On ``shop`` the base trains on a fifth of its oracle and misleading reflections (``base_shares``).
+Shop's oracle reflection ("Size M was too small. Choose from L, XL.") follows from the returned
+orders by a rule a 2-layer model reproduces exactly: with a third of its targets of that kind, the
+base's greedy reflection was the oracle's on every test task, and Retroformer had nothing to
+improve. With a fifth, its greedy reflection is a vague one (a general chat model's usual
+position as a base, the paper's) while about one sample in seven is still the oracle's: measured
+on the families build's actor (100 test tasks, 8 samples), after a failed first trial the base's
+greedy reflection wins 0.00 of next trials against the oracle's 0.36, and some sample wins on 26%
+of them."""
 
 FAMILIES_RANGE = dataclasses.replace(
     FAMILIES,
@@ -352,6 +363,7 @@ FAMILIES_RANGE = dataclasses.replace(
         ("shop", (("n_items", (5, 6)), ("n_sizes", (4, 5)))),
     ),
     retro_sft=SFTSchedule(steps=800, lr=1e-3, warmup_steps=20),
+    base_shares=(),
 )
 """``families`` with each family's demonstrations played across its knobs, from the default to
 one or two steps harder: the ``families`` actor follows a trajectory oracle at the defaults but
@@ -361,8 +373,8 @@ seen, broke it). The ability check still runs at the defaults. Measured (50 test
 oracle's gain one step harder is now +0.40 at 8 containers, +0.44 at 5 sizes, +0.60 at 6 items
 and +0.70 at 2 hops, but still none at 4 lookup candidates; the build used all 5 extra rounds
 (26,000 steps) and warns that lookup and household stay under the check's 0.5 on validation.
-Its retrospective base keeps the 800 steps its figures were measured with (``families`` moved to
-2400; not measured here)."""
+Its retrospective base keeps the 800 steps and all the examples its figures were measured with
+(``families`` moved to 2400 steps and thins shop's; not measured here)."""
 
 ALFWORLD = Recipe(
     name="alfworld",
