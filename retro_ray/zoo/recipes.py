@@ -336,8 +336,8 @@ learning rate, after 2000 further steps household 0.07 / 0.77, after 4000 househ
 0.23 / 0.77. So the ability check trains on in rounds of 4000 steps until every family clears
 its gain; the build measured here stopped at 18,000 steps, 31 minutes on one core.
 
-The retrospective base trains 2400 steps (three passes over its 7,366 reflections; it had 800,
-about one pass). Policy gradient only reinforces reflections the base samples, and after 800
+The retrospective base trains 2400 steps (about five passes over its 7,366 reflections, six and a
+half over the 5,847 the shop shares below keep; it had 800, under two). Policy gradient only reinforces reflections the base samples, and after 800
 steps its samples at temperature 1 rarely helped (``benchmarks.reflection_room``, 100 test
 tasks, 8 samples per failed first trial: on ``lookup`` a sample won the next trial on 29% of the
 failed trials, against 53% after 2400 steps; on ``household`` 19% against 30%), while its greedy
