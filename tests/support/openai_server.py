@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -333,11 +334,14 @@ def _make_handler(server: OpenAIServer) -> type[BaseHTTPRequestHandler]:
             server._enter(RecordedRequest(self.command, path, dict(self.headers.items()), body))
             try:
                 status, payload, headers = self._answer(path, body)
-                self._send(status, payload, headers)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (its timeout): nothing to answer
             finally:
+                # In flight until the answer is ready, not until its bytes are written: a client
+                # whose slot frees when it reads the answer may send its next request before this
+                # thread returns from the write, and that is not a request over its limit.
                 server._leave()
+            # The client may have given up (its timeout): then there is nothing to answer.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._send(status, payload, headers)
 
         def _answer(
             self, path: str, body: dict[str, Any] | None
