@@ -165,12 +165,14 @@ def measure(
     samples: int,
     group_size: int,
     seed: int = 0,
+    options: dict[str, dict] | None = None,
 ) -> dict[str, Any]:
-    """:func:`measure_family` for each family, its test tasks drawn with ``seed``."""
+    """:func:`measure_family` for each family, its test tasks drawn with ``seed`` and played at
+    its ``options`` (``env.options``; the defaults for a family it does not name)."""
     check_sizes(samples, group_size)
     report: dict[str, Any] = {}
     for family in families:
-        cfg = family_config(family, tasks, 3, seed)
+        cfg = family_config(family, tasks, 3, seed, (options or {}).get(family))
         actor = build_actor(cfg.actor, make_env_from_config(cfg.env), actor_client)
         reflectors = reflectors_for(cfg, retro_client)
         report[family] = asyncio.run(measure_family(cfg, actor, reflectors, samples, group_size))
@@ -194,7 +196,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="default", help="zoo recipe (built if not cached)")
+    parser.add_argument(
+        "--recipe",
+        default="default",
+        help="zoo recipe (built if not cached); with --zoo-dir, the recipe whose knobs "
+        "(env_options) the families are played at",
+    )
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument(
         "--zoo-dir", default=None, help="measure this directory's actor/ and retrospective/ instead"
@@ -216,9 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     from retro_ray.llm.torch_backend import TorchBackend
     from retro_ray.zoo.build import build_zoo
     from retro_ray.zoo.models import torch_threads
+    from retro_ray.zoo.recipes import get_recipe
 
     start = time.monotonic()
     families = [f for f in args.families.split(",") if f]
+    options = {family: get_recipe(args.recipe).fixed_options(family) for family in families}
     if args.zoo_dir:
         root = Path(args.zoo_dir)
     else:
@@ -227,12 +236,12 @@ def main(argv: list[str] | None = None) -> int:
         actor = TorchBackend(root / "actor", max_batch_size=64, name="actor")
         retro = TorchBackend(root / "retrospective", max_batch_size=64, name="retrospective")
         report = measure(
-            actor, retro, families, args.tasks, args.samples, args.group_size, args.seed
+            actor, retro, families, args.tasks, args.samples, args.group_size, args.seed, options
         )
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1))
     result = {
-        "recipe": None if args.zoo_dir else args.recipe,
+        "recipe": args.recipe,
         "zoo": str(root),
         "tasks": args.tasks,
         "samples": args.samples,

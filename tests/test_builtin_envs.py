@@ -143,3 +143,32 @@ def test_reflections_read_back() -> None:
     task = shop.tasks("test", 1)[0]
     shop.reset(task)
     assert "size" in shop.ground_truth_reflection(task).lower()
+
+
+def test_named_looks_change_the_words_not_the_game() -> None:
+    """``household``'s ``named_looks``: a look names its container ("In sofa 1 you see a key.");
+    the scripted actor plays the same trials, and the oracle and misleading reflections read them
+    the same way, as with the unnamed form."""
+    from retro_ray.envs.builtin.household import HouseholdOptions
+
+    plain, named = HouseholdEnv(), HouseholdEnv(HouseholdOptions(named_looks=True))
+    looks = 0
+    for task in plain.tasks("test", 40):
+        memory: list[str] = []
+        for trial in range(3):
+            policy = scripted_policy(memory, f"{task.task_id}|{trial}")
+            a, b = play(plain, task, policy, trial), play(named, task, policy, trial)
+            assert [s.action for s in a.steps] == [s.action for s in b.steps]
+            assert [s.reward for s in a.steps] == [s.reward for s in b.steps]
+            for step_a, step_b in zip(a.steps, b.steps, strict=True):
+                if step_a.observation.startswith("You see"):
+                    container = step_a.action.split(" ", 1)[1]
+                    held = step_a.observation.removeprefix("You see ")
+                    assert step_b.observation == f"In {container} you see {held}"
+                    looks += 1
+            rng_a, rng_b = random.Random(trial), random.Random(trial)
+            assert plain.misleading_reflection(a, rng_a) == named.misleading_reflection(b, rng_b)
+            oracle = plain.trajectory_oracle(a, memory)
+            assert oracle == named.trajectory_oracle(b, memory)
+            memory.append(oracle)
+    assert looks > 40

@@ -185,3 +185,21 @@ def test_the_experience_log_refuses_such_run_ids_too(tmp_path: Path) -> None:
     for bad in ("a%41", "x=y", ".h", "ok\n"):
         with pytest.raises(ValueError, match="must match"):
             ExperienceLog(tmp_path).partition(bad, 0)
+
+
+def test_the_zoo_actor_is_played_at_its_recipes_knobs() -> None:
+    """A config that plays the zoo's actor at other knobs than its recipe fixed (the families
+    actor's named household looks, the ALFWorld actor's 12 steps) is warned, naming the key and
+    the fix; the shipped configs play it as trained."""
+    from retro_ray.driver.train import zoo_actor_knob_warnings
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("train.yaml", "train_families.yaml", "train_alfworld.yaml"):
+        assert zoo_actor_knob_warnings(load_run_config(configs / name)) == []
+    families = load_run_config(configs / "train_families.yaml", ["env.options.per_family={}"])
+    (warning,) = zoo_actor_knob_warnings(families)
+    assert "env.options.per_family.household.named_looks is false" in warning
+    assert "set env.options.per_family.household.named_looks=true" in warning
+    alfworld = load_run_config(configs / "train_alfworld.yaml", ["env.options.max_steps=20"])
+    (warning,) = zoo_actor_knob_warnings(alfworld)
+    assert "env.options.max_steps is 20" in warning and "max_steps=12" in warning

@@ -218,3 +218,15 @@ def test_report_draws_the_rl_curve_beside_retroformers(tmp_path) -> None:
     assert curves["rl-ppo"][-1] == {"episodes": 120, "success": 0.75}
     assert (tmp_path / "out" / "learning_curve.png").read_bytes().startswith(b"\x89PNG")
     assert "RL (RLlib PPO)" in (tmp_path / "out" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("seen", ["You see a cup.", "In sofa 1 you see a cup."])
+def test_household_slots_read_both_forms_of_a_look(seen: str) -> None:
+    """An object a look showed becomes a take slot, whether the look names its container
+    (``named_looks``) or not."""
+    from retro_ray.rl.actions import household_slots
+
+    first = "You see sofa 1, desk 2. Task: put the key in the box."
+    slots = household_slots(first, [("look sofa 1", seen)])
+    assert "take cup" in slots and "put cup box" in slots
+    assert "take cup" not in household_slots(first, [("look sofa 1", "You see nothing.")])

@@ -51,6 +51,8 @@ def resolve_models(cfg: Config) -> Config:
     fill_actor = uses_zoo_actor(cfg.actor)
     if not fill_actor and cfg.serve.model_dir is not None:
         return cfg
+    for warning in zoo_actor_knob_warnings(cfg) if fill_actor else []:
+        log(f"warning: {warning}")
     from retro_ray.zoo.build import build_zoo
 
     zoo = build_zoo(cfg.serve.zoo_recipe)
@@ -61,6 +63,38 @@ def resolve_models(cfg: Config) -> Config:
     if serve.model_dir is None:
         serve = dataclasses.replace(serve, model_dir=str(zoo.retrospective_dir))
     return dataclasses.replace(cfg, actor=actor, serve=serve)
+
+
+def zoo_actor_knob_warnings(cfg: Config) -> list[str]:
+    """Where the config plays a family at other knobs than the zoo's actor was trained at
+    (``Recipe.env_options``, e.g. the ``families`` recipe's household looks that name their
+    container), one line each naming the key, both values and the fix. A harder setting is a fair
+    test, so these warn rather than stop the run; an observation form the actor never saw
+    usually means a config that forgot the recipe's knob."""
+    from retro_ray.envs.registry import build_options, get_spec
+    from retro_ray.zoo.recipes import get_recipe
+
+    recipe = get_recipe(cfg.serve.zoo_recipe)
+    env = cfg.env
+    played = {env.name: (env.options, "env.options")}
+    if env.name == "mixture":
+        mixture = build_options(get_spec("mixture"), env.options)
+        played = {
+            family: (mixture.per_family.get(family) or {}, f"env.options.per_family.{family}")
+            for family in mixture.families
+        }
+    warnings = []
+    for family, (options, key) in played.items():
+        fixed = recipe.fixed_options(family)
+        built = build_options(get_spec(family), options, key=key) if fixed else None
+        for option, value in fixed.items():
+            if (actual := getattr(built, option)) != value:
+                warnings.append(
+                    f"{key}.{option} is {json.dumps(actual)}, but the zoo's {recipe.name!r} actor "
+                    f"(serve.zoo_recipe) was trained at {json.dumps(value)}: it may not follow "
+                    f"advice here. To play it as trained, set {key}.{option}={json.dumps(value)}"
+                )
+    return warnings
 
 
 def uses_zoo_actor(actor: ActorConfig) -> bool:

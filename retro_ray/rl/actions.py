@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from retro_ray.envs.builtin.common import CITIES
-from retro_ray.envs.builtin.household import CONTAINER, OBJECTS
+from retro_ray.envs.builtin.household import CONTAINER, OBJECTS, SEE
 from retro_ray.envs.builtin.lookup import FULL_NAME, asked_first_name
 from retro_ray.envs.builtin.shop import SIZES
 
@@ -69,7 +69,6 @@ def _unique(items: Sequence[str]) -> list[str]:
 
 
 _CITY = re.compile(r"\b(" + "|".join(CITIES) + r")\b")
-_SEE_OBJECT = re.compile(r"You see an? (\w+)\.")
 _HOUSEHOLD_TASK = re.compile(r"Task: put the (\w+) in the (\w+)\.")
 _SHOP_TASK = re.compile(r"buy an? (\w+) (\w+)\.")
 _LISTED_ITEM = re.compile(r"item (\d+) \w+ \w+")
@@ -101,7 +100,7 @@ def household_slots(first_observation: str, log: Log) -> list[str | None]:
     target, destination = task.groups()
     room = first_observation[: task.start()]
     containers = _unique(CONTAINER.findall(room))
-    seen = [m.group(1) for _, o in log if (m := _SEE_OBJECT.match(o)) and m.group(1) in OBJECTS]
+    seen = [m.group(2) for _, o in log if (m := SEE.match(o)) and m.group(2) in OBJECTS]
     objects = _unique([target, *seen])
     return HOUSEHOLD.place(
         {

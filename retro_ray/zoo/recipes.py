@@ -322,6 +322,7 @@ FAMILIES = Recipe(
     actor_sft=SFTSchedule(steps=6000),
     retro_sft=SFTSchedule(steps=2400, lr=1e-3, warmup_steps=20),
     base_shares=(("shop", (("trajectory_oracle", 0.2), ("misleading", 0.2))),),
+    env_options=(("household", (("named_looks", True),)),),
     ability_check=AbilityCheck(envs=ENVS, extra_steps=4000),
 )
 """An actor that follows advice on all three families. The default's actor (700 tasks per
@@ -352,7 +353,18 @@ improve. With a fifth, its greedy reflection is a vague one (a general chat mode
 position as a base, the paper's) while about one sample in seven is still the oracle's: measured
 on the families build's actor (100 test tasks, 8 samples), after a failed first trial the base's
 greedy reflection wins 0.00 of next trials against the oracle's 0.36, and some sample wins on 26%
-of them."""
+of them.
+
+On ``household`` a look names its container (``named_looks``: "In sofa 1 you see a key."). The
+oracle's winning household reflection says where the object was ("The key is in sofa 1."); with
+"You see a key." the container is only in the action line above the observation, and the 2-layer
+base copied it greedily on 4 to 6 of 37 such failed trials. Measured with two bases trained from
+one actor, a tenth of household's examples held out of both: on held-out trials the base names the
+right container greedily 0.45 of the time with named looks against 0.125 without (sampled: 0.16
+against 0.05). On this recipe's build (2 threads): ``reflection_room`` household after a failed
+first trial, some sample wins 0.50 (0.30 without), greedy 0.33 (0.16), oracle 0.79 (0.54).
+The default recipe keeps the unnamed form: its actor (700 tasks per family, trained for
+``lookup``) was not able with named looks in two starts of three."""
 
 FAMILIES_RANGE = dataclasses.replace(
     FAMILIES,
@@ -364,6 +376,7 @@ FAMILIES_RANGE = dataclasses.replace(
     ),
     retro_sft=SFTSchedule(steps=800, lr=1e-3, warmup_steps=20),
     base_shares=(),
+    env_options=(),
 )
 """``families`` with each family's demonstrations played across its knobs, from the default to
 one or two steps harder: the ``families`` actor follows a trajectory oracle at the defaults but
@@ -373,8 +386,9 @@ seen, broke it). The ability check still runs at the defaults. Measured (50 test
 oracle's gain one step harder is now +0.40 at 8 containers, +0.44 at 5 sizes, +0.60 at 6 items
 and +0.70 at 2 hops, but still none at 4 lookup candidates; the build used all 5 extra rounds
 (26,000 steps) and warns that lookup and household stay under the check's 0.5 on validation.
-Its retrospective base keeps the 800 steps and all the examples its figures were measured with
-(``families`` moved to 2400 steps and thins shop's; not measured here)."""
+Its retrospective base keeps the 800 steps, all the examples and the unnamed household looks its
+figures were measured with (``families`` moved to 2400 steps, thins shop's and names household's
+containers; not measured here)."""
 
 ALFWORLD = Recipe(
     name="alfworld",

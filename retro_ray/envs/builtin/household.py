@@ -30,7 +30,9 @@ _LOOK = re.compile(r"^look (?:at |in |into )?(?:the )?(.+?)\.?$", re.IGNORECASE)
 _TAKE = re.compile(r"^take (?:the |a )?(\w+)(?: from .+)?\.?$", re.IGNORECASE)
 _PUT = re.compile(r"^put (?:the |a )?(\w+) (?:in |into |on )?(?:the )?(\w+)\.?$", re.IGNORECASE)
 _TASK = re.compile(r"Task: put the (\w+) in the (\w+)\.")
-_SEE = re.compile(r"^You see (?:a (\w+)|nothing)\.")
+SEE = re.compile(r"^(?:In (.+?) you|You) see (?:a (\w+)|nothing)\.")
+"""A look's observation in either form (``HouseholdOptions.named_looks``): group 2 is the object
+the container holds (none when it holds nothing)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class HouseholdOptions:
     max_steps: int = 4
     """Step limit of one trial. Finding and delivering takes 2 steps after the finding look, so
     the default leaves time to look into 2 containers per trial."""
+    named_looks: bool = False
+    """A look's observation names the container ("In sofa 1 you see a key.", as ALFWorld names a
+    receptacle) rather than only what it holds ("You see a key."). The trial is the same; a
+    reflection that says where the object was is then a copy from one line, not from two."""
 
     def validate(self) -> None:
         most = len(CONTAINER_KINDS) * 3
@@ -127,8 +133,9 @@ class HouseholdEnv(BuiltinEnv):
             if container not in self.instance.contents:
                 return Outcome(f"There is no {container}.", 0.0)
             self.at = container
-            thing = self.instance.contents[container]
-            return Outcome(f"You see a {thing}." if thing else "You see nothing.", 0.0)
+            held = f"a {thing}" if (thing := self.instance.contents[container]) else "nothing"
+            seen = f"In {container} you see" if self.options.named_looks else "You see"
+            return Outcome(f"{seen} {held}.", 0.0)
         if match := _TAKE.match(action):
             thing = match.group(1).lower()
             if self.holding:
@@ -161,7 +168,7 @@ class HouseholdEnv(BuiltinEnv):
 
     def random_action(self, rng: random.Random) -> str:
         assert self.instance is not None
-        seen = [m.group(1) for o in self.observations if (m := _SEE.match(o)) and m.group(1)]
+        seen = [m.group(2) for o in self.observations if (m := SEE.match(o)) and m.group(2)]
         things = sorted({self.instance.target, *seen})
         form = rng.choice(("look", "take", "put"))
         if form == "look":
@@ -180,9 +187,9 @@ class HouseholdEnv(BuiltinEnv):
             return f"put {target} {destination}"
         looked: list[str] = []
         for action, observation in self.log:
-            if (look := _LOOK.match(action)) and observation.startswith("You see"):
+            if (look := _LOOK.match(action)) and (seen := SEE.match(observation)):
                 looked.append(look.group(1).strip().lower())
-                if observation.startswith(f"You see a {target}."):
+                if seen.group(2) == target:
                     return f"take {target}" if looked[-1] == self._last_looked() else action
         advice = read_advice(reflections)
         room = CONTAINER.findall(self.first_observation.split("Task:")[0])
@@ -195,7 +202,7 @@ class HouseholdEnv(BuiltinEnv):
 
     def _last_looked(self) -> str | None:
         for action, observation in reversed(self.log):
-            if (look := _LOOK.match(action)) and observation.startswith("You see"):
+            if (look := _LOOK.match(action)) and SEE.match(observation):
                 return look.group(1).strip().lower()
         return None
 
@@ -212,9 +219,9 @@ class HouseholdEnv(BuiltinEnv):
         empty = set(prior.empty)
         for step in trajectory.steps:
             look = _LOOK.match(step.action)
-            if look and step.observation.startswith("You see"):
+            if look and (seen := SEE.match(step.observation)):
                 container = look.group(1).strip().lower()
-                if step.observation.startswith(f"You see a {target}."):
+                if seen.group(2) == target:
                     return f"The {target} is in {container}. Take it, put it in the {destination}."
                 empty.add(container)
         if prior.location:
@@ -241,7 +248,7 @@ class HouseholdEnv(BuiltinEnv):
         looked = []
         for step in trajectory.steps:
             look = _LOOK.match(step.action)
-            if look and step.observation.startswith("You see"):
+            if look and SEE.match(step.observation):
                 looked.append(look.group(1).strip().lower())
         looked = [c for c in room if c in looked] or rng.sample(room, 2)
         unseen = [c for c in room if c not in looked]
