@@ -77,9 +77,9 @@ def _zoo_build(args: argparse.Namespace) -> int:
 
 
 def family_options(items: list[str], recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": "9"}}`` over the
-    recipe's fixed ``env_options``, each family's options checked by the config loader before any
-    model is built or loaded."""
+    """``["household.n_containers=9", ...]`` as ``{"household": {"n_containers": 9}}`` over the
+    recipe's fixed ``env_options``, each family's options checked (and typed) by the config loader
+    before any model is built or loaded."""
     from retro_ray.zoo.advice import family_config
 
     options: dict[str, dict[str, Any]] = {e: recipe.fixed_options(e) for e in recipe.envs}
@@ -93,9 +93,10 @@ def family_options(items: list[str], recipe: Recipe) -> dict[str, dict[str, Any]
                 f"--option {item!r}: family must be one of the recipe's {', '.join(recipe.envs)}"
             )
         options[family][key] = value
-    for family, values in options.items():
-        family_config(family, tasks=1, trials=1, seed=0, options=values)  # raises on a bad one
-    return options
+    return {  # raises on a bad one
+        family: dict(family_config(family, tasks=1, trials=1, seed=0, options=values).env.options)
+        for family, values in options.items()
+    }
 
 
 def _zoo_eval(args: argparse.Namespace) -> int:

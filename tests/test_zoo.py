@@ -234,6 +234,18 @@ def test_misleading_reflections_hurt_the_scripted_actor(env: str) -> None:
     assert success(MisleadingReflector()) < success(TrajectoryOracleReflector()) - 0.3
 
 
+def test_zoo_eval_options_are_the_recipes_knobs_typed_with_the_users_on_top() -> None:
+    from retro_ray.zoo.recipes import FAMILIES
+    from retro_ray.zoo_cli import family_options
+
+    options = family_options(["household.n_containers=8", "shop.n_sizes=5"], FAMILIES)
+    assert options == {
+        "lookup": {},
+        "household": {"named_looks": True, "n_containers": 8},
+        "shop": {"n_sizes": 5},
+    }
+
+
 def test_zoo_eval_reports_every_condition(zoo_tiny, tmp_path) -> None:
     from retro_ray.llm.torch_backend import TorchBackend
     from retro_ray.zoo.advice import evaluate_reflections
