@@ -224,10 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     from retro_ray.zoo.build import build_zoo
     from retro_ray.zoo.models import torch_threads
     from retro_ray.zoo.recipes import get_recipe
+    from retro_ray.zoo_cli import family_options
 
     start = time.monotonic()
     families = [f for f in args.families.split(",") if f]
-    options = {family: get_recipe(args.recipe).fixed_options(family) for family in families}
+    options = family_options([], get_recipe(args.recipe))  # the knobs zoo eval plays, typed
     if args.zoo_dir:
         root = Path(args.zoo_dir)
     else:
