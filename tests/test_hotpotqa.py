@@ -21,11 +21,13 @@ from retro_ray.agents.results import summarize
 from retro_ray.agents.trial_loop import TrialLoop
 from retro_ray.cli import EXIT_CONFIG, main
 from retro_ray.envs.base import Task, split_of
-from retro_ray.envs.benchmarks.hotpotqa import HotpotQAEnv, HotpotQAOptions, answer_f1, match_title
+from retro_ray.envs.benchmarks.hotpotqa import HotpotQAEnv, HotpotQAOptions
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQADataError, default_data_path
 from retro_ray.envs.benchmarks.hotpotqa_reading import (
     Advice,
+    answer_f1,
     capitalised_spans,
+    match_title,
     normalize_answer,
     read_advice,
     read_question,

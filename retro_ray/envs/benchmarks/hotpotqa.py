@@ -16,29 +16,29 @@ Data and splits: see ``hotpotqa_data`` (the Reflexion 100-question file is all `
 
 from __future__ import annotations
 
-import difflib
 import random
 import re
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from retro_ray.envs.base import StepResult, Task, Trajectory, check_split, split_of
 from retro_ray.envs.benchmark import ScriptedActorEnv
+from retro_ray.envs.benchmarks import hotpotqa_reflect as reflect
 from retro_ray.envs.benchmarks.hotpotqa_data import HotpotQAData, Question, load_hotpotqa
 from retro_ray.envs.benchmarks.hotpotqa_reading import (
+    ACTION_HELP,
     FALLBACK_ANSWERS,
-    LIST_SEP,
     MAX_ENTITY_SEARCHES,
     MAX_OWN_SEARCHES,
     SUBJECT_END,
-    WRONG_ANSWER,
     Advice,
     QuestionView,
+    answer_f1,
     best_options,
     capitalised_spans,
     judge_yes_no,
+    match_title,
     normalize_answer,
     ranked_candidates,
     read_advice,
@@ -46,15 +46,13 @@ from retro_ray.envs.benchmarks.hotpotqa_reading import (
     read_texts,
     searched_queries,
     similar_titles,
+    similarity,
     stems,
     without_possessive,
 )
 from retro_ray.envs.builtin.common import EPISODE_OVER, STEP_LIMIT_NOTE, Outcome, bracket_action
 from retro_ray.envs.registry import EnvSpec, register
 
-ACTION_HELP = "Use Search[entity], Lookup[keyword] or Finish[answer]."
-FUZZY_MIN = 0.75
-"""Similarity a title needs to be opened by a fuzzy Search (between 0 and 1)."""
 _CAPITALISED = re.compile(r"\b[A-Z][\w'-]*(?: [A-Z][\w'-]*)*")
 
 
@@ -77,45 +75,6 @@ class HotpotQAOptions:
             raise ValueError(f"summary_sentences must be >= 1, got {self.summary_sentences}")
         if self.similar_titles < 0:
             raise ValueError(f"similar_titles must be >= 0, got {self.similar_titles}")
-
-
-def answer_f1(prediction: str, truth: str) -> float:
-    """HotPotQA's official token F1 (a yes/no answer scores only when it is exactly right)."""
-    pred, gold = normalize_answer(prediction), normalize_answer(truth)
-    if (pred in ("yes", "no", "noanswer") or gold in ("yes", "no", "noanswer")) and pred != gold:
-        return 0.0
-    common = Counter(pred.split()) & Counter(gold.split())
-    overlap = sum(common.values())
-    if overlap == 0:
-        return 0.0
-    precision, recall = overlap / len(pred.split()), overlap / len(gold.split())
-    return 2 * precision * recall / (precision + recall)
-
-
-def _title_key(text: str) -> str:
-    return normalize_answer(text)
-
-
-def _similarity(query: str, title: str) -> float:
-    """The better of character similarity (typos) and token overlap (extra or missing words)."""
-    a, b = _title_key(query), _title_key(title)
-    return max(difflib.SequenceMatcher(None, a, b).ratio(), answer_f1(a, b))
-
-
-def match_title(query: str, titles: Sequence[str]) -> str | None:
-    """The title a Search opens: an exact match (ignoring case, punctuation and a trailing
-    "(disambiguation)" such as "(1945 film)"), else the single clearly closest title."""
-    key = _title_key(query)
-    for strip in (False, True):
-        hits = [
-            t for t in titles if _title_key(re.sub(r"\s*\(.*\)$", "", t) if strip else t) == key
-        ]
-        if len(hits) == 1 or (hits and not strip):
-            return hits[0]
-    ranked = sorted(((_similarity(query, t), t) for t in titles), reverse=True)
-    if ranked and ranked[0][0] >= FUZZY_MIN and (len(ranked) == 1 or ranked[1][0] < ranked[0][0]):
-        return ranked[0][1]
-    return None
 
 
 class HotpotQAEnv(ScriptedActorEnv):
@@ -223,7 +182,7 @@ class HotpotQAEnv(ScriptedActorEnv):
     def _search(self, query: str) -> str:
         title = match_title(query, list(self.pages))
         if title is None:
-            ranked = sorted(self.pages, key=lambda t: -_similarity(query, t))
+            ranked = sorted(self.pages, key=lambda t: -similarity(query, t))
             return f"Could not find {query}. Similar: {ranked[: self.options.similar_titles]}."
         self.open_title, self._lookup = title, None
         if title not in self.opened:
@@ -364,121 +323,16 @@ class HotpotQAEnv(ScriptedActorEnv):
                 pages.setdefault(normalize_answer(parsed[1]), text[0])
         return pages
 
-    # ---- reflectors ------------------------------------------------------------------------------
+    # ---- reflectors (hotpotqa_reflect) ------------------------------------------------------
 
     def trajectory_oracle(self, trajectory: Trajectory, memory: Sequence[str]) -> str:
-        """What the failed trial showed: the answer it gave (or that it ran out of steps), the
-        answers earlier reflections ruled out, the pages it read, and pages named in what it
-        saw but never opened, those sharing most words with the question first."""
-        question = self._by_id[trajectory.task.task_id]
-        titles = [p.title for p in question.paragraphs]
-        read, answer, invalid = trial_facts(trajectory, titles)
-        parts = []
-        if answer is not None:
-            parts.append(f'I answered "{answer}", which was wrong.')
-        else:
-            parts.append("I ran out of steps before answering: I must Finish[answer] in time.")
-        ruled_out = [a for text in memory for a in WRONG_ANSWER.findall(text) if a != answer]
-        if ruled_out:
-            parts.append(f"Earlier wrong answers: {LIST_SEP.join(dict.fromkeys(ruled_out))}.")
-        if read:
-            parts.append(f"I read {LIST_SEP.join(read)}.")
-        words = set(normalize_answer(question.question).split())
-        unread = named_unread(trajectory, titles, read)
-        unread.sort(key=lambda t: -len(words & set(normalize_answer(t).split())))
-        if unread:
-            parts.append(
-                f"Pages I saw named but never opened: {LIST_SEP.join(unread[:3])}; search them."
-            )
-        if invalid:
-            parts.append(f"{invalid} action(s) were invalid. {ACTION_HELP}")
-        return " ".join(parts)
+        return reflect.trajectory_oracle(self._by_id[trajectory.task.task_id], trajectory, memory)
 
     def ground_truth_reflection(self, task: Task) -> str:
-        question = self._by_id[task.task_id]
-        return answer_statement(question.answers[0], question.supporting_titles)
+        return reflect.ground_truth_reflection(self._by_id[task.task_id])
 
     def misleading_reflection(self, trajectory: Trajectory, rng: random.Random) -> str:
-        """Confident, wrong advice from the trajectory alone, in the very phrasings of the ground
-        truth and the oracle, so that only the content tells good advice from bad. One of:
-
-        * ``repeat``: states as the answer the one the trial gave and was told is incorrect;
-        * ``other``: states as the answer another name the trial read (not an alternative the
-          question offers, nor yes/no, where the other one would be right);
-        * ``rule_out``: says the trial gave another name it read, which was wrong (so the given
-          answer stays free to repeat), claims it read the pages it never opened and sends the
-          next trial back to those it did.
-
-        ``repeat`` is always wrong. ``other`` is right, and ``rule_out`` rules out the right
-        answer, when the name read happens to be the answer: rare, and left in, because only
-        the gold answer could exclude it. Negative training data for the retrospective base."""
-        question = self._by_id[trajectory.task.task_id]
-        titles = [p.title for p in question.paragraphs]
-        view = read_question(question.question)
-        read, answer, _ = trial_facts(trajectory, titles)
-        named = named_unread(trajectory, titles, read)
-        log = [(s.action, s.observation) for s in trajectory.steps]
-        excluded = frozenset({normalize_answer(answer or ""), *map(normalize_answer, view.options)})
-        others = [
-            name
-            for tie in ranked_candidates(read_texts(log), view, "name", excluded)
-            for name in tie
-        ]
-        forms = (["repeat"] if answer and not trajectory.won else []) + (
-            ["other", "rule_out"] if others else []
-        )
-        form = rng.choice(forms) if forms else "entity"
-        if form == "rule_out":
-            parts = [f'I answered "{rng.choice(others)}", which was wrong.']
-            if named:
-                parts.append(f"I read {LIST_SEP.join(named[:2])}.")
-            if read:
-                parts.append(
-                    f"Pages I saw named but never opened: {LIST_SEP.join(read[:3])}; search them."
-                )
-            return " ".join(parts)
-        if form == "repeat":
-            assert answer is not None
-            claim = answer
-        elif form == "other":
-            claim = rng.choice(others)
-        else:
-            claim = next(iter(view.entities), FALLBACK_ANSWERS[0])
-        searched = searched_queries(s.action for s in trajectory.steps)
-        support = (read or named or searched or list(view.entities))[:2] or [claim]
-        return answer_statement(claim, support)
-
-
-def answer_statement(answer: str, pages: Sequence[str]) -> str:
-    """The ground truth's phrasing: the answer, the pages that state it, what to do."""
-    support = " and ".join(pages)
-    return f'The answer is "{answer}", stated in {support}: search them, then Finish[{answer}].'
-
-
-def trial_facts(trajectory: Trajectory, titles: Sequence[str]) -> tuple[list[str], str | None, int]:
-    """The pages a trial opened (in order), the answer it gave (None: it ran out of steps) and
-    how many of its actions were invalid."""
-    read: list[str] = []
-    answer, invalid = None, 0
-    for step in trajectory.steps:
-        parsed = bracket_action(step.action)
-        verb, argument = parsed if parsed else ("", "")
-        if verb == "search" and not step.observation.startswith("Could not find"):
-            title = match_title(argument, titles)
-            if title and title not in read:
-                read.append(title)
-        elif verb == "finish":
-            answer = argument
-        elif step.observation.startswith("Invalid action"):
-            invalid += 1
-    return read, answer, invalid
-
-
-def named_unread(trajectory: Trajectory, titles: Sequence[str], read: Sequence[str]) -> list[str]:
-    """Titles that appear in what the trial saw (page text, lists of similar titles) but that it
-    never opened, in docstore order."""
-    seen = " ".join(s.observation for s in trajectory.steps)
-    return [t for t in titles if t not in read and t in seen]
+        return reflect.misleading_reflection(self._by_id[trajectory.task.task_id], trajectory, rng)
 
 
 register(

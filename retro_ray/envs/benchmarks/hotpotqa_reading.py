@@ -4,13 +4,18 @@ kind of answer, the advice a reflection carries, the answer candidates in what i
 
 Text only: nothing here sees the gold answer or the supporting titles, so the policy built on it
 (``HotpotQAEnv.scripted_action``) acts on what an LLM actor would see.
+
+Also the text matching that the environment's tools, its scoring and its reflectors share:
+HotPotQA's answer F1 and the title a Search opens (``answer_f1``, ``match_title``).
 """
 
 from __future__ import annotations
 
 import ast
+import difflib
 import re
 import string
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -391,3 +396,45 @@ def ranked_candidates(
     for key, score in best.items():
         groups.setdefault(score, []).append(surface[key])
     return [groups[score] for score in sorted(groups, reverse=True)]
+
+
+ACTION_HELP = "Use Search[entity], Lookup[keyword] or Finish[answer]."
+FUZZY_MIN = 0.75
+"""Similarity a title needs to be opened by a fuzzy Search (between 0 and 1)."""
+
+
+def answer_f1(prediction: str, truth: str) -> float:
+    """HotPotQA's official token F1 (a yes/no answer scores only when it is exactly right)."""
+    pred, gold = normalize_answer(prediction), normalize_answer(truth)
+    if (pred in ("yes", "no", "noanswer") or gold in ("yes", "no", "noanswer")) and pred != gold:
+        return 0.0
+    common = Counter(pred.split()) & Counter(gold.split())
+    overlap = sum(common.values())
+    if overlap == 0:
+        return 0.0
+    precision, recall = overlap / len(pred.split()), overlap / len(gold.split())
+    return 2 * precision * recall / (precision + recall)
+
+
+def title_key(text: str) -> str:
+    return normalize_answer(text)
+
+
+def similarity(query: str, title: str) -> float:
+    """The better of character similarity (typos) and token overlap (extra or missing words)."""
+    a, b = title_key(query), title_key(title)
+    return max(difflib.SequenceMatcher(None, a, b).ratio(), answer_f1(a, b))
+
+
+def match_title(query: str, titles: Sequence[str]) -> str | None:
+    """The title a Search opens: an exact match (ignoring case, punctuation and a trailing
+    "(disambiguation)" such as "(1945 film)"), else the single clearly closest title."""
+    key = title_key(query)
+    for strip in (False, True):
+        hits = [t for t in titles if title_key(re.sub(r"\s*\(.*\)$", "", t) if strip else t) == key]
+        if len(hits) == 1 or (hits and not strip):
+            return hits[0]
+    ranked = sorted(((similarity(query, t), t) for t in titles), reverse=True)
+    if ranked and ranked[0][0] >= FUZZY_MIN and (len(ranked) == 1 or ranked[1][0] < ranked[0][0]):
+        return ranked[0][1]
+    return None
