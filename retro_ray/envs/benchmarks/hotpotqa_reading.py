@@ -416,22 +416,24 @@ def answer_f1(prediction: str, truth: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def title_key(text: str) -> str:
+def _title_key(text: str) -> str:
     return normalize_answer(text)
 
 
 def similarity(query: str, title: str) -> float:
     """The better of character similarity (typos) and token overlap (extra or missing words)."""
-    a, b = title_key(query), title_key(title)
+    a, b = _title_key(query), _title_key(title)
     return max(difflib.SequenceMatcher(None, a, b).ratio(), answer_f1(a, b))
 
 
 def match_title(query: str, titles: Sequence[str]) -> str | None:
     """The title a Search opens: an exact match (ignoring case, punctuation and a trailing
     "(disambiguation)" such as "(1945 film)"), else the single clearly closest title."""
-    key = title_key(query)
+    key = _title_key(query)
     for strip in (False, True):
-        hits = [t for t in titles if title_key(re.sub(r"\s*\(.*\)$", "", t) if strip else t) == key]
+        hits = [
+            t for t in titles if _title_key(re.sub(r"\s*\(.*\)$", "", t) if strip else t) == key
+        ]
         if len(hits) == 1 or (hits and not strip):
             return hits[0]
     ranked = sorted(((similarity(query, t), t) for t in titles), reverse=True)
