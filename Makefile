@@ -11,17 +11,22 @@
 # versions either way.
 #
 # `make demo` installs the cpu extra only, unless everything is installed already, and without
-# byte-compiling: the packages are compiled in the background, niced, beside the zoo build. With
-# the build's two torch threads busy it gets little CPU: in a clean-clone demo here it ended a
-# minute into training. Niced, it costs the build little (actor steps 8.2 per second beside a
-# niced busy process, 8.5 alone). Niceness 19, not nice's default 10: Ray starts its workers
-# (rollouts, the learner, vLLM) at niceness 15, and the compile must not take the CPU from them
-# when it runs on into training.
+# byte-compiling: the packages are compiled in the background, niced, beside the run (a zoo build,
+# where the run's zoo is not shipped, then training). Beside the lookup run's zoo build, with its
+# two torch threads busy, it got little CPU and ended a minute into training; niced, it cost the
+# build little (actor steps 8.2 per second beside a niced busy process, 8.5 alone). Niceness 19,
+# not nice's default 10: Ray starts its workers (rollouts, the learner, vLLM) at niceness 15, and
+# the compile must not take the CPU from them in training.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 EXTRAS ?= cpu,alfworld,dev
 COMPILE ?= yes
+# `make demo` trains one retrospective model across the three built-in families, on the zoo the
+# package ships (retro_ray.zoo.release); `make demo DEMO_CONFIG=configs/train.yaml
+# DEMO_DIR=runs/demo` is the lookup-only run, whose zoo it builds here (about 2 minutes).
+DEMO_CONFIG ?= configs/train_families.yaml
+DEMO_DIR ?= runs/demo_families
 # The stamp covers the extras too, so changing EXTRAS reinstalls.
 STAMP := $(VENV)/.installed-$(shell (echo '$(EXTRAS)'; cat pyproject.toml constraints-cpu.txt) | sha1sum | cut -c1-12)
 
@@ -54,7 +59,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 demo:
 	@[ -e $(STAMP) ] || $(MAKE) --no-print-directory install EXTRAS=cpu COMPILE=no
 	nice -n 19 $(BIN)/python -m compileall -q $(VENV)/lib > $(VENV)/compileall.log 2>&1 & \
-	$(BIN)/retro-ray demo
+	$(BIN)/retro-ray demo --config $(DEMO_CONFIG) --output-dir $(DEMO_DIR)
 
 # The extras just installed must import: their tests fail instead of skipping
 # (tests/support/extras.py).

@@ -72,6 +72,7 @@ def build_one(recipe: Recipe, seed: int, threads: int, cache_root: str) -> dict[
         cache_dir=Path(cache_root) / f"seed{seed}-threads{threads}",
         threads=threads,
         log=lines.append,
+        release=False,  # a build made here, even where the package ships this recipe's
     )
     actor = built.manifest["models"]["actor"]
     checks = actor.get("ability_checks", [])

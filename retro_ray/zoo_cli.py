@@ -31,6 +31,13 @@ def add_zoo_parsers(sub: argparse._SubParsersAction) -> None:
         help="processes playing the recipe's games for its data (the same data for any number; "
         "an ALFWorld game takes about 3 s of CPU: give 2 on 2 cores)",
     )
+    build.add_argument(
+        "--no-release",
+        dest="release",
+        action="store_false",
+        help="build the models here even where the package ships a released build of the recipe "
+        "(retro_ray.zoo.release)",
+    )
     build.add_argument("--json", action="store_true", help="print one JSON object")
     build.set_defaults(handler=_zoo_build)
     ev = actions.add_parser("eval", help="the actor's success with each kind of reflection")
@@ -58,7 +65,11 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from retro_ray.zoo.build import build_zoo
 
     built = build_zoo(
-        args.recipe, cache_dir=args.cache_dir, threads=args.threads, workers=args.workers
+        args.recipe,
+        cache_dir=args.cache_dir,
+        threads=args.threads,
+        workers=args.workers,
+        release=args.release,
     )
     result = {
         "recipe": args.recipe,
@@ -66,13 +77,15 @@ def _zoo_build(args: argparse.Namespace) -> int:
         "actor_dir": str(built.actor_dir),
         "retrospective_dir": str(built.retrospective_dir),
         "cache_hit": built.cache_hit,
+        "released": built.released,
         "seconds": round(built.seconds, 2),
         "manifest": built.manifest,
     }
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"zoo {args.recipe}: {built.root} ({'cache hit' if built.cache_hit else 'built'})")
+        how = "cache hit" if built.cache_hit else "released" if built.released else "built"
+        print(f"zoo {args.recipe}: {built.root} ({how})")
     return 0
 
 

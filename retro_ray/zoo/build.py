@@ -11,6 +11,9 @@ The games played for a recipe's data are kept too, in ``<cache>/data/`` under a 
 that decide them: a rebuild with another model or schedule, or after an interrupted build, does not
 replay them (ALFWorld's games cost about 3 s each to play).
 
+Where the package ships a released build of the recipe (:mod:`retro_ray.zoo.release`: the
+``families`` build, 25 minutes here), a cache miss installs that instead, checksums verified.
+
 Cache root: ``--cache-dir``, else ``$RETRO_RAY_CACHE/zoo``, else ``~/.cache/retro_ray/zoo``.
 """
 
@@ -59,6 +62,7 @@ class ZooBuild:
     manifest: dict[str, Any]
     cache_hit: bool
     seconds: float  # of this call (a cache hit costs only the manifest read)
+    released: bool = False  # installed from the package's released build (``zoo.release``)
 
     @property
     def actor_dir(self) -> Path:
@@ -75,8 +79,12 @@ def build_zoo(
     log: Log | None = None,
     threads: int | None = None,
     workers: int = 1,
+    release: bool = True,
+    releases: Path | None = None,
 ) -> ZooBuild:
-    """Return the cached build of ``recipe``, building it first if missing.
+    """Return the cached build of ``recipe``, building it first if missing; where the package
+    ships a released build of the recipe (:mod:`retro_ray.zoo.release`; ``releases`` is the
+    folder of them), that is installed instead of building, unless ``release`` is false.
 
     ``threads`` is torch's intra-op thread count, by default :func:`default_threads`. The build's
     weights depend on it in their last bits, as they do on the machine's floating-point kernels
@@ -98,15 +106,25 @@ def build_zoo(
         manifest = json.loads((final / MANIFEST).read_text())
         log(f"[zoo] cache hit: {final}")
         return ZooBuild(final, manifest, True, time.monotonic() - start)
+    from retro_ray.zoo.release import RELEASED, install_release, released_build
+
+    shipped = released_build(recipe.key, releases or RELEASED) if release else None
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{recipe.key}.building-"))
     try:
-        log(f"[zoo] building {recipe.key} into {final}")
-        from retro_ray.zoo.models import torch_threads
+        if shipped:
+            log(
+                f"[zoo] installing the released build {recipe.key} into {final} (`retro-ray zoo "
+                f"build --recipe {recipe.name} --no-release` builds it here instead)"
+            )
+            install_release(shipped, staging)
+        else:
+            log(f"[zoo] building {recipe.key} into {final}")
+            from retro_ray.zoo.models import torch_threads
 
-        with torch_threads(threads):
-            built = _build_into(staging, recipe, log, threads, root / DATA_CACHE, workers)
-        (staging / MANIFEST).write_text(json.dumps(built, indent=2))
+            with torch_threads(threads):
+                built = _build_into(staging, recipe, log, threads, root / DATA_CACHE, workers)
+            (staging / MANIFEST).write_text(json.dumps(built, indent=2))
         manifest = json.loads((staging / MANIFEST).read_text())  # as a cache hit will read it
         try:
             staging.rename(final)
@@ -118,8 +136,8 @@ def build_zoo(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     seconds = time.monotonic() - start
-    log(f"[zoo] built {final} in {seconds:.0f}s")
-    return ZooBuild(final, manifest, False, seconds)
+    log(f"[zoo] {'installed' if shipped else 'built'} {final} in {seconds:.0f}s")
+    return ZooBuild(final, manifest, False, seconds, released=shipped is not None)
 
 
 def default_threads() -> int:
