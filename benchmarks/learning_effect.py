@@ -17,8 +17,9 @@ and tasks (``diff``, ``diff_ci95``, ``diff_ci95_low``) and ``gap_closed`` with i
         --tasks 20 --json                                             # a smoke run
 
 A rerun with the same ``--out`` resumes: finished training runs and evaluated episodes are kept.
-``--existing RUN_DIR`` counts a finished run of the same config (``make demo``'s
-``runs/demo/train``, training seed 0) as one of the k; the others get the next free seeds.
+``--existing RUN_DIR`` counts a finished run of the same config (``retro-ray demo``'s
+``runs/demo/train``; ``make demo``'s ``runs/demo_families/families`` with
+``--config configs/train_families.yaml``; training seed 0) as one of the k; the others get the next free seeds.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="RUN_DIR",
-        help="a finished training run of the same config (e.g. make demo's runs/demo/train) that "
+        help="a finished training run of the same config (e.g. retro-ray demo's runs/demo/train) that "
         "counts as one of the k runs; its seed must differ from the others'; repeatable",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")

@@ -1,6 +1,6 @@
 """What would training a policy from the same reward cost? RLlib PPO against Retroformer.
 
-Reads a finished Retroformer run (``--retroformer-run``, e.g. ``make demo``'s
+Reads a finished Retroformer run (``--retroformer-run``, e.g. ``retro-ray demo``'s
 ``runs/demo/train``): its **episode budget** is what its collection played (the rows of its
 experience log: every trial, branches included; the gate's validation episodes are not counted),
 and its evaluation table (``eval/table.json``) gives Retroformer's, Reflexion's and ReAct's
